@@ -1,0 +1,29 @@
+"""Backbones with DHM branches, the model registry and deployment."""
+
+from .dhm import MAIN, AuxBranch, DHMNet, count_parameters
+from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
+from .outputs import BranchOutputs
+from .registry import ModelEntry, build_model, get_entry, list_models, register_model
+from .resnet import DHMResNet, to_torchvision_state_dict
+from .torchreid_compat import register_torchreid_models
+from .weights import load_backbone_weights, read_state_dict
+
+__all__ = [
+    "MAIN",
+    "AuxBranch",
+    "BranchOutputs",
+    "DHMMobileNetV2",
+    "DHMNet",
+    "DHMResNet",
+    "ModelEntry",
+    "build_model",
+    "convert_torchvision_mobilenetv2",
+    "count_parameters",
+    "get_entry",
+    "list_models",
+    "load_backbone_weights",
+    "read_state_dict",
+    "register_model",
+    "register_torchreid_models",
+    "to_torchvision_state_dict",
+]

@@ -1,0 +1,238 @@
+"""The DHM model base: a main path of named stages plus forked auxiliary branches.
+
+A subclass builds its main path as attributes named exactly like the reference
+implementation (torchvision / torchreid), so pretrained and deployed weights load
+with strict key matching, and hands its auxiliary branches to ``_set_branches``.
+Everything about forking, per-branch outputs, branch selection and deployment
+lives here once, for every architecture.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+
+from torch import Tensor, nn
+
+from .outputs import BranchOutputs
+
+MAIN = "main"
+AUX_PREFIX = "aux_branches."
+
+
+class AuxBranch(nn.Module):
+    """One auxiliary classifier branch: fresh stages, global pooling, classifier.
+
+    Args:
+        fork: name of the main-path stage whose output feeds this branch.
+        body: the branch's own stages (nothing is shared with the main path).
+        feature_dim: channels ``body`` produces (the branch embedding size).
+        num_classes: classifier outputs.
+    """
+
+    def __init__(self, fork: str, body: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.fork = fork
+        self.feature_dim = feature_dim
+        self.body = body
+        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        nn.init.normal_(self.classifier.weight, 0, 0.01)
+        nn.init.zeros_(self.classifier.bias)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) fork feature map -> (B, feature_dim) pooled embedding."""
+        return self.global_avgpool(self.body(x)).flatten(1)
+
+
+class DHMNet(nn.Module):
+    """Base class of every model in the registry (DHM and plain baselines).
+
+    Subclasses must set, before calling ``_set_branches``:
+
+    * ``stage_names``: main-path stage attribute names in forward order;
+    * ``global_avgpool``, ``classifier`` and ``feature_dim`` for the main branch;
+    * ``init_kwargs``: the constructor arguments, so ``deploy()`` can rebuild the
+      same architecture without branches.
+
+    ``forward`` returns :class:`BranchOutputs` in training mode and the main
+    embedding, shape (B, feature_dim), in eval mode.
+    """
+
+    stage_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux_branches = nn.ModuleDict()
+        self._active: tuple[str, ...] | None = None
+        self.init_kwargs: dict = {}
+
+    # ----------------------------------------------------------------- set-up
+    def _set_branches(self, branches: Mapping[str, AuxBranch]) -> None:
+        # Depth order (aux1 = deepest fork first) is the order losses rely on.
+        for name in sorted(branches):
+            if branches[name].fork not in self.stage_names:
+                raise ValueError(
+                    f"branch {name!r} forks from unknown stage {branches[name].fork!r}; "
+                    f"stages are {list(self.stage_names)}"
+                )
+            self.aux_branches[name] = branches[name]
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        """``('main', 'aux1', 'aux2', ...)``: every branch this model has, in depth order."""
+        return (MAIN, *self.aux_branches.keys())
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def branch_feature_dims(self) -> OrderedDict[str, int]:
+        """Embedding size of every branch, in depth order."""
+        dims = OrderedDict([(MAIN, self.feature_dim)])
+        dims.update((n, b.feature_dim) for n, b in self.aux_branches.items())
+        return dims
+
+    def set_active_branches(self, names: Iterable[str] | None) -> None:
+        """Restrict training forward passes to ``names`` (``main`` is always computed).
+
+        ``None`` activates every branch. Inactive branches are not computed at all,
+        so an epoch without them costs no more than the baseline.
+        """
+        if names is None:
+            self._active = None
+            return
+        names = tuple(names)
+        self._check_branch_names(names)
+        self._active = tuple(n for n in self.aux_branches if n in names)
+
+    @property
+    def active_branches(self) -> tuple[str, ...]:
+        aux = tuple(self.aux_branches) if self._active is None else self._active
+        return (MAIN, *aux)
+
+    def _check_branch_names(self, names: Iterable[str]) -> None:
+        unknown = [n for n in names if n not in self.branch_names]
+        if unknown:
+            raise ValueError(
+                f"unknown branch {unknown[0]!r}; this model has branches {list(self.branch_names)}"
+            )
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> BranchOutputs | Tensor:
+        """Training: :class:`BranchOutputs` of the active branches. Eval: (B, D) main embedding."""
+        if self.training:
+            return self.forward_branches(x, self.active_branches)
+        return self.embed(x)
+
+    def forward_branches(self, x: Tensor, branches: Iterable[str] | None = None) -> BranchOutputs:
+        """Run the main path once and the requested aux branches off its stage outputs.
+
+        Args:
+            x: images, shape (B, 3, H, W).
+            branches: names to compute (``main`` is always included); ``None`` = all.
+
+        Returns:
+            :class:`BranchOutputs` with logits (B, num_classes) and features (B, D_b).
+        """
+        names = self.branch_names if branches is None else tuple(branches)
+        self._check_branch_names(names)
+        aux = [n for n in self.aux_branches if n in names]
+        taps = self._run_main(x, {self.aux_branches[n].fork for n in aux})
+        feats = OrderedDict([(MAIN, taps.pop(None))])
+        for name in aux:
+            feats[name] = self.aux_branches[name].embed(taps[self.aux_branches[name].fork])
+        logits = OrderedDict([(MAIN, self.classifier(feats[MAIN]))])
+        for name in aux:
+            logits[name] = self.aux_branches[name].classifier(feats[name])
+        return BranchOutputs(logits=logits, features=feats)
+
+    def embed(self, x: Tensor, branch: str = MAIN) -> Tensor:
+        """Embedding of one branch, shape (B, D_branch); ``main`` is the deployed one."""
+        if branch == MAIN:
+            return self._run_main(x, set())[None]
+        self._check_branch_names([branch])
+        aux = self.aux_branches[branch]
+        return aux.embed(self._run_main(x, {aux.fork}, stop_at=aux.fork)[aux.fork])
+
+    def _run_main(self, x: Tensor, taps: set[str], stop_at: str | None = None) -> dict:
+        """Main path; returns the requested stage outputs and, under key None, the embedding."""
+        out = {}
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            if name in taps:
+                out[name] = x
+            if name == stop_at:
+                return out
+        out[None] = self.global_avgpool(x).flatten(1)
+        return out
+
+    # ------------------------------------------------------------- deployment
+    def main_state_dict(self) -> OrderedDict[str, Tensor]:
+        """The state dict without any auxiliary-branch entry (what ``deploy()`` keeps)."""
+        return OrderedDict(
+            (k, v) for k, v in self.state_dict().items() if not k.startswith(AUX_PREFIX)
+        )
+
+    def pretrained_module_names(self) -> tuple[str, ...]:
+        """Top-level children that hold backbone (ImageNet-pretrainable) parameters."""
+        return tuple(n for n in self.stage_names if _has_params(getattr(self, n)))
+
+    def new_module_names(self) -> tuple[str, ...]:
+        """Top-level children with no pretrained weights: classifiers and aux branches."""
+        kept = set(self.pretrained_module_names())
+        return tuple(n for n, m in self.named_children() if n not in kept and _has_params(m))
+
+    def deploy(self) -> DHMNet:
+        """The inference model: same class and main path, no auxiliary branches.
+
+        Its parameters, FLOPs and eval outputs equal the main branch of ``self``; its
+        ``state_dict`` has exactly the reference library's keys. Returned in eval mode
+        on the same device and dtype as ``self``.
+        """
+        plain = type(self)(**{**self.init_kwargs, "branches": ()})
+        ref = next(self.parameters())
+        plain.to(device=ref.device, dtype=ref.dtype)
+        plain.load_state_dict(self.main_state_dict(), strict=True)
+        return plain.eval()
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def check_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+
+
+def resolve_branches(
+    branches: Iterable[str] | str | None, available: Iterable[str], default: Iterable[str]
+) -> tuple[str, ...]:
+    """Validate a user's ``branches=`` choice against what an architecture offers."""
+    available = tuple(available)
+    if branches is None:
+        return tuple(default)
+    if isinstance(branches, str):
+        branches = [b for b in branches.replace("+", ",").split(",") if b and b != "none"]
+    chosen = tuple(branches)
+    for b in chosen:
+        if b not in available:
+            raise ValueError(f"unknown branch {b!r}; valid branches are {list(available)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"branch listed twice in {list(chosen)}")
+    return tuple(sorted(chosen))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "MAIN",
+    "AuxBranch",
+    "DHMNet",
+    "check_num_classes",
+    "count_parameters",
+    "resolve_branches",
+]

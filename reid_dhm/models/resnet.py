@@ -1,0 +1,141 @@
+"""DHM ResNets for re-ID and ImageNet (torchvision / torchreid layout).
+
+Main-branch parameter names are exactly torchvision's ``resnet*`` minus ``fc``
+plus torchreid's ``classifier``, so ImageNet weights load strictly into the main
+branch and a deployed model loads into ``torchreid``'s ``resnet50``.
+
+Auxiliary branches (DESIGN 2, the authors' ImageNet code): fresh stages of the
+backbone's block type that keep the main path's total down-sampling.
+
+* ``aux2`` forks from ``layer2``: a layer3-like stage (planes 256, stride 2), then a
+  layer4-like stage (planes 512, stride 2).
+* ``aux1`` forks from ``layer3``: one layer4-like stage of double width (planes 1024,
+  stride 2), so its embedding is ``1024 * expansion`` wide.
+* ``aux3`` (paper Table 4, B3; placement is ours, the supplement is not public)
+  forks from ``layer1``: layer2-, layer3- and layer4-like stages (planes 128, 256,
+  512, stride 2 each).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+
+# depth -> (block, main blocks per stage, {branch: blocks per branch stage})
+_SPECS = {
+    18: (BasicBlock, (2, 2, 2, 2), {"aux1": (2,), "aux2": (1, 2), "aux3": (1, 1, 2)}),
+    34: (BasicBlock, (3, 4, 6, 3), {"aux1": (3,), "aux2": (3, 2), "aux3": (2, 2, 2)}),
+    50: (Bottleneck, (3, 4, 6, 3), {"aux1": (3,), "aux2": (3, 2), "aux3": (2, 2, 2)}),
+    101: (Bottleneck, (3, 4, 23, 3), {"aux1": (3,), "aux2": (12, 2), "aux3": (2, 4, 2)}),
+    152: (Bottleneck, (3, 8, 36, 3), {"aux1": (3,), "aux2": (18, 2), "aux3": (2, 6, 2)}),
+}
+# branch -> (fork stage, planes of each branch stage)
+_BRANCH_LAYOUT = {
+    "aux1": ("layer3", (1024,)),
+    "aux2": ("layer2", (256, 512)),
+    "aux3": ("layer1", (128, 256, 512)),
+}
+AUX_BRANCHES = tuple(_BRANCH_LAYOUT)
+DEFAULT_BRANCHES = ("aux1", "aux2")
+_STAGE_INPLANES = {"layer1": 64, "layer2": 128, "layer3": 256}
+
+
+def make_stage(block, inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """A torchvision-style residual stage (first block projects when the shape changes)."""
+    out = planes * block.expansion
+    down = None
+    if stride != 1 or inplanes != out:
+        down = nn.Sequential(conv1x1(inplanes, out, stride), nn.BatchNorm2d(out))
+    layers = [block(inplanes, planes, stride, down)]
+    layers += [block(out, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+class DHMResNet(DHMNet):
+    """ResNet main branch (torchvision names) with optional DHM auxiliary branches.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        num_classes: identities (re-ID) or categories; every branch classifies them.
+        branches: auxiliary branches to build, a subset of ``('aux1', 'aux2', 'aux3')``;
+            ``()`` gives the plain ResNet (the baseline and the deployed model).
+        last_stride: stride of ``layer4`` (torchreid default 2; 1 is a common re-ID
+            variant). Each branch's last stage uses the same stride so all branches
+            keep the main path's down-sampling.
+
+    Eval output: (B, 512 * expansion) globally average-pooled ``layer4`` features,
+    exactly torchreid's ``resnet50`` embedding for depth 50.
+    """
+
+    stage_names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+    def __init__(
+        self,
+        depth: int = 50,
+        num_classes: int = 1000,
+        branches=DEFAULT_BRANCHES,
+        last_stride: int = 2,
+    ):
+        super().__init__()
+        if depth not in _SPECS:
+            raise ValueError(f"unknown ResNet depth {depth!r}; valid depths are {sorted(_SPECS)}")
+        check_num_classes(num_classes)
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        self.init_kwargs = dict(
+            depth=depth, num_classes=num_classes, branches=branches, last_stride=last_stride
+        )
+        block, layers, branch_blocks = _SPECS[depth]
+        exp = block.expansion
+
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        planes = (64, 128, 256, 512)
+        strides = (1, 2, 2, last_stride)
+        inplanes = 64
+        for i, (p, n, s) in enumerate(zip(planes, layers, strides)):
+            setattr(self, f"layer{i + 1}", make_stage(block, inplanes, p, n, s))
+            inplanes = p * exp
+        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = 512 * exp
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+        aux = {}
+        for name in branches:
+            fork, branch_planes = _BRANCH_LAYOUT[name]
+            stages, cin = [], _STAGE_INPLANES[fork] * exp
+            for j, (p, n) in enumerate(zip(branch_planes, branch_blocks[name])):
+                stride = last_stride if j == len(branch_planes) - 1 else 2
+                stages.append(make_stage(block, cin, p, n, stride))
+                cin = p * exp
+            aux[name] = AuxBranch(fork, nn.Sequential(*stages), cin, num_classes)
+        self._set_branches(aux)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's ResNet initialisation; torchreid's classifier initialisation.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier.weight, 0, 0.01)
+        nn.init.zeros_(self.classifier.bias)
+
+
+def to_torchvision_state_dict(state: dict) -> dict:
+    """A deployed ResNet state dict with torchvision's names (``classifier`` -> ``fc``).
+
+    ``torchvision.models.resnet50(num_classes=n).load_state_dict(...)`` then loads it
+    strictly; without a classifier, drop the ``fc`` keys and load with ``strict=False``.
+    """
+    return {
+        ("fc" + k[len("classifier") :] if k.startswith("classifier.") else k): v
+        for k, v in state.items()
+    }
