@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from .cifar_resnet import DHMCifarResNet
+from .densenet import DHMCifarDenseNet
 from .dhm import DHMNet
 from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
 from .resnet import DHMResNet
 from .weights import hub_weight_path, load_backbone_weights
+from .wrn import DHMWideResNet
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,37 @@ def _builtin_entries() -> list[tuple[str, ModelEntry]]:
             ),
         )
     )
+    # CIFAR models (32x32 inputs, trained from scratch: no hub weights).
+    cifar = [
+        ("cifar_resnet20", partial(DHMCifarResNet, 20), "CIFAR ResNet-20 (option-A shortcuts)"),
+        ("cifar_resnet32", partial(DHMCifarResNet, 32), "CIFAR ResNet-32 (option-A shortcuts)"),
+        ("cifar_resnet110", partial(DHMCifarResNet, 110), "CIFAR ResNet-110 (option-A shortcuts)"),
+        (
+            "cifar_resnet1202",
+            partial(DHMCifarResNet, 1202),
+            "CIFAR ResNet-1202 (option-A shortcuts)",
+        ),
+        (
+            "cifar_densenet40_12",
+            partial(DHMCifarDenseNet, 40, 12),
+            "CIFAR DenseNet (d=40, k=12)",
+        ),
+        (
+            "cifar_densenet_bc100_12",
+            partial(DHMCifarDenseNet, 100, 12, bottleneck=True, compression=0.5),
+            "CIFAR DenseNet-BC (d=100, k=12, compression 0.5)",
+        ),
+        ("wrn16_8", partial(DHMWideResNet, 16, 8), "Wide ResNet WRN-16-8 (pre-activation)"),
+        ("wrn28_10", partial(DHMWideResNet, 28, 10), "Wide ResNet WRN-28-10 (pre-activation)"),
+    ]
+    for name, builder, description in cifar:
+        entries.append(
+            (
+                f"dhm_{name}",
+                ModelEntry(builder, f"{description} with DHM branches aux1 and aux2"),
+            )
+        )
+        entries.append((name, ModelEntry(partial(builder, branches=()), f"plain {description}")))
     return entries
 
 
