@@ -1,0 +1,269 @@
+"""Exact mAP / CMC / mINP under the Market-1501 protocol, chunked over queries.
+
+Protocol (identical to torchreid 0.2.5's ``evaluate_rank``, Python path):
+
+* per query, gallery entries with the query's pid AND camera are removed ("junk");
+* the positives are the remaining entries with the query's pid; a query without any
+  is skipped (it counts in neither the numerator nor the denominator);
+* CMC[k] = fraction of valid queries whose first positive ranks within k+1;
+* AP = mean over positives of (positives up to it / its rank), as torchreid;
+* INP = #positives / rank of the hardest positive, mINP its mean (fast-reid's, Ye et al.).
+
+Ties: equal distances are ordered by gallery index (the earlier entry ranks first),
+exactly what a stable argsort of each row gives. No other pid is special: pid 0
+(Market-1501 distractors) is an ordinary negative; drop junk pid -1 before calling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .distance import DistanceBlocks, check_not_overflowing, squared_norms
+from .ranking import BYTES_PER_CANDIDATE, PositiveLookup, positive_ranks
+from .validate import (
+    as_features,
+    as_labels,
+    check_max_rank,
+    check_metric,
+    check_same_dim,
+    resolve_device,
+)
+
+# Default working memory beside the features: half for the (B, G) float32 distance
+# block, half for the candidates that get binary-searched. 768 MiB keeps Market-1501
+# (15,913 gallery) in one block and still gives ~190-query blocks for a 515k gallery,
+# enough rows for the matrix product to run at full speed.
+DEFAULT_MEMORY_BUDGET = 768 * 2**20
+
+
+def _labels(q_pids, g_pids, q_camids, g_camids, nq: int, ng: int, q_of: str, g_of: str):
+    return (
+        as_labels(q_pids, "q_pids", nq, q_of),
+        as_labels(g_pids, "g_pids", ng, g_of),
+        as_labels(q_camids, "q_camids", nq, q_of),
+        as_labels(g_camids, "g_camids", ng, g_of),
+    )
+
+
+def _valid_queries(lookup: PositiveLookup, q_pids: np.ndarray, q_camids: np.ndarray):
+    npos = lookup.num_positives(q_pids, q_camids)
+    valid = np.flatnonzero(npos > 0)
+    if valid.size == 0:
+        raise ValueError(
+            "no valid query: no query has a gallery entry with its pid from another camera"
+        )
+    return valid
+
+
+def chunk_rows(num_gallery: int, memory_budget: int, chunk_size: int | None) -> int:
+    """Queries per block: the (B, G) float32 block gets half of ``memory_budget``."""
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return int(chunk_size)
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget must be positive, got {memory_budget}")
+    return max(1, memory_budget // 2 // (4 * num_gallery))
+
+
+def _row_stats(npos: Tensor, ranks: Tensor):
+    """Per-row AP, INP (float64) and first-positive rank from ``positive_ranks``."""
+    nrows = npos.shape[0]
+    row_end = npos.cumsum(0)
+    row_start = row_end - npos
+    pos_row = torch.repeat_interleave(torch.arange(nrows, device=npos.device), npos)
+    k = torch.arange(ranks.numel(), device=npos.device) - row_start[pos_row]
+    prec = (k + 1).double() / ranks.double()
+    ap = torch.zeros(nrows, dtype=torch.float64, device=npos.device).index_add_(0, pos_row, prec)
+    ap = ap / npos.double()
+    has = npos > 0
+    first = torch.zeros(nrows, dtype=torch.int64, device=npos.device)
+    last = torch.ones(nrows, dtype=torch.int64, device=npos.device)
+    first[has] = ranks[row_start[has]]
+    last[has] = ranks[row_end[has] - 1]
+    inp = npos.double() / last.double()
+    return ap.cpu().numpy(), inp.cpu().numpy(), first.cpu().numpy()
+
+
+class _Accumulator:
+    """Collects per-query results and turns them into the summary dict."""
+
+    def __init__(self, num_query: int, max_rank: int):
+        self.max_rank = max_rank
+        self.ap = np.full(num_query, np.nan)
+        self.inp = np.full(num_query, np.nan)
+        self.first = np.zeros(num_query, dtype=np.int64)
+        self.valid = np.zeros(num_query, dtype=bool)
+
+    def add(self, query_idx: np.ndarray, npos: Tensor, ranks: Tensor) -> None:
+        ap, inp, first = _row_stats(npos, ranks)
+        ok = npos.cpu().numpy() > 0
+        idx = query_idx[ok]
+        self.ap[idx], self.inp[idx], self.first[idx] = ap[ok], inp[ok], first[ok]
+        self.valid[idx] = True
+
+    def result(self) -> dict:
+        n = int(self.valid.sum())
+        first = self.first[self.valid]
+        hist = np.bincount(np.minimum(first, self.max_rank + 1), minlength=self.max_rank + 2)
+        hits = np.cumsum(hist)[1 : self.max_rank + 1]
+        # float32 like torchreid (sum of float32 0/1 hits divided by the count).
+        cmc = hits.astype(np.float32) / np.float32(n)
+        return {
+            "mAP": float(self.ap[self.valid].mean()),
+            "mINP": float(self.inp[self.valid].mean()),
+            "cmc": cmc,
+            "num_valid_queries": n,
+            "AP": self.ap,
+            "INP": self.inp,
+            "valid": self.valid,
+        }
+
+
+def evaluate(
+    qf,
+    gf,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    metric: str = "euclidean",
+    max_rank: int = 50,
+    rerank: bool = False,
+    device: str | torch.device = "auto",
+    *,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    rerank_neighbors: str = "exact",
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict:
+    """Exact Market-1501 mAP / CMC / mINP of query features against gallery features.
+
+    Args:
+        qf: (Q, D) query features, torch tensor or numpy array (computed in float32).
+        gf: (G, D) gallery features.
+        q_pids, q_camids: (Q,) integer identities / camera ids of the queries.
+        g_pids, g_camids: (G,) integer identities / camera ids of the gallery.
+        metric: ``'euclidean'`` (squared L2, as torchreid) or ``'cosine'`` (1 - cos).
+        max_rank: CMC length; clipped to G when the gallery is smaller (as torchreid).
+        rerank: apply k-reciprocal re-ranking (Zhong et al. 2017) to the distances
+            first, with ``k1``, ``k2``, ``lambda_value`` (torchreid's defaults) and
+            ``rerank_neighbors`` (``'exact'`` or ``'hnsw'``); see
+            ``rerank.KReciprocalReranker`` for its cost (time quadratic in Q + G).
+        device: ``'auto'`` (the device of a CUDA input, else CUDA if available, else
+            CPU), or any torch device.
+        chunk_size: queries per block; default from ``memory_budget``.
+        memory_budget: bytes of working memory beside the features (approximate).
+
+    Returns:
+        dict with ``mAP``, ``mINP`` (floats), ``cmc`` ((max_rank,) float32),
+        ``num_valid_queries`` (int), and per query ``AP``, ``INP`` ((Q,) float64, NaN
+        for skipped queries) and ``valid`` ((Q,) bool).
+
+    Raises:
+        ValueError: NaN/Inf features, differing feature dimensions, empty inputs,
+            label lengths that do not match the features, no valid query, unknown
+            metric, ``max_rank < 1``.
+    """
+    metric = check_metric(metric)
+    max_rank = check_max_rank(max_rank)
+    dev = resolve_device(device, qf, gf)
+    qf = as_features(qf, "qf", dev)
+    gf = as_features(gf, "gf", dev)
+    check_same_dim(qf, gf)
+    if metric == "euclidean":
+        check_not_overflowing(squared_norms(qf), "qf")
+    nq, ng = qf.shape[0], gf.shape[0]
+    q_pids, g_pids, q_camids, g_camids = _labels(
+        q_pids, g_pids, q_camids, g_camids, nq, ng, "row of qf", "row of gf"
+    )
+    lookup = PositiveLookup(g_pids, g_camids)
+    valid = _valid_queries(lookup, q_pids, q_camids)
+    # Re-ranking holds a second (B, G) block (the overlap sums) beside the distances.
+    rows = chunk_rows(ng, memory_budget // (2 if rerank else 1), chunk_size)
+    max_cand = max(1, memory_budget // 2 // BYTES_PER_CANDIDATE)
+    acc = _Accumulator(nq, min(max_rank, ng))
+
+    if rerank:
+        from .rerank import KReciprocalReranker
+
+        source = KReciprocalReranker(
+            qf,
+            gf,
+            metric,
+            k1=k1,
+            k2=k2,
+            lambda_value=lambda_value,
+            neighbors=rerank_neighbors,
+            memory_budget=memory_budget,
+            device=dev,
+        )
+    else:
+        source = DistanceBlocks(gf, metric)
+    buf = torch.empty((min(rows, valid.size), ng), dtype=torch.float32, device=dev)
+    with torch.inference_mode():
+        for s in range(0, valid.size, rows):
+            idx = valid[s : s + rows]
+            if rerank:
+                dist = source.block(torch.from_numpy(idx).to(dev), out=buf)
+            else:
+                # Only valid queries get a distance row; the rest are skipped anyway.
+                dist = source(qf[torch.from_numpy(idx).to(dev)], out=buf)
+            gidx, is_pos, is_junk = lookup.block(q_pids[idx], q_camids[idx], dev)
+            npos, ranks = positive_ranks(dist, gidx, is_pos, is_junk, max_cand)
+            acc.add(idx, npos, ranks)
+    return acc.result()
+
+
+def evaluate_distmat(
+    distmat,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    device: str | torch.device = "auto",
+    *,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict:
+    """``evaluate`` on a precomputed (Q, G) distance matrix (smaller = closer).
+
+    Same protocol, tie rule and result dict as ``evaluate``; the matrix is read in
+    float32 blocks of queries and never modified. ``+inf`` entries are allowed
+    (ranked last, ties by gallery index); NaN is rejected.
+    """
+    max_rank = check_max_rank(max_rank)
+    dev = resolve_device(device, distmat)
+    dm = distmat.detach() if isinstance(distmat, Tensor) else torch.from_numpy(np.asarray(distmat))
+    if dm.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (Q, G), got shape {tuple(dm.shape)}")
+    nq, ng = dm.shape
+    if nq == 0 or ng == 0:
+        raise ValueError(f"distmat is empty (shape {tuple(dm.shape)})")
+    if dm.is_complex() or dm.dtype == torch.bool:
+        raise ValueError(f"distmat must be real-valued, got dtype {dm.dtype}")
+    q_pids, g_pids, q_camids, g_camids = _labels(
+        q_pids, g_pids, q_camids, g_camids, nq, ng, "distmat row", "distmat column"
+    )
+    lookup = PositiveLookup(g_pids, g_camids)
+    valid = _valid_queries(lookup, q_pids, q_camids)
+    rows = chunk_rows(ng, memory_budget, chunk_size)
+    max_cand = max(1, memory_budget // 2 // BYTES_PER_CANDIDATE)
+    acc = _Accumulator(nq, min(max_rank, ng))
+    with torch.inference_mode():
+        for s in range(0, valid.size, rows):
+            idx = valid[s : s + rows]
+            block = dm[torch.from_numpy(idx).to(dm.device)].to(device=dev, dtype=torch.float32)
+            if bool(torch.isnan(block).any()):
+                raise ValueError("distmat contains NaN values")
+            gidx, is_pos, is_junk = lookup.block(q_pids[idx], q_camids[idx], dev)
+            npos, ranks = positive_ranks(block, gidx, is_pos, is_junk, max_cand)
+            acc.add(idx, npos, ranks)
+    return acc.result()

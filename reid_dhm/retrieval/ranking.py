@@ -1,0 +1,187 @@
+"""Rank of every positive in a block of distance rows, without sorting the rows.
+
+mAP, CMC and mINP depend only on the 1-based rank of each positive among the kept
+gallery entries (junk removed). For a row with positives p_0 < ... < p_{m-1} in
+(distance, gallery index) order, let bucket(j) be the number of positives strictly
+before gallery entry j in that order. Then
+
+    rank(p_k) = #{kept j : bucket(j) <= k}
+
+(p_k itself is in bucket k). Only entries not farther than the hardest positive can
+have bucket <= m-1, so the work after the matrix product is one comparison pass over
+the block, a ``nonzero`` over it, and a binary search of each surviving candidate
+among its row's few positives.
+
+Tie rule: entries at exactly the same distance are ordered by gallery index (the
+earlier gallery entry ranks first), i.e. the order of a stable sort of the row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_I64_MAX = torch.iinfo(torch.int64).max
+_LOW32 = 0xFFFFFFFF
+# Worst-case bytes held per candidate entry while it is binary-searched (mask byte,
+# row/col indices, value, keys, search results, slots).
+BYTES_PER_CANDIDATE = 72
+
+
+def order_key(d: Tensor) -> Tensor:
+    """Map float32 ``d`` to int64 in [-2^31, 2^31) with the same order; -0.0 == +0.0.
+
+    The IEEE bit pattern read as int32 is monotone for non-negative floats and reversed
+    for negative ones; flipping the magnitude bits of negatives makes it monotone.
+    """
+    d = (d + 0.0).contiguous()  # -0.0 + 0.0 == +0.0: the two zeros get one key
+    bits = d.view(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return bits.to(torch.int64)
+
+
+class PositiveLookup:
+    """Gallery entries grouped by pid, to list each query's positives and junk.
+
+    Args:
+        g_pids, g_camids: (G,) int64 numpy arrays.
+    """
+
+    def __init__(self, g_pids: np.ndarray, g_camids: np.ndarray):
+        if g_pids.shape[0] >= 2**32:
+            raise ValueError("galleries of 2^32 or more entries are not supported")
+        self.g_camids = g_camids
+        self.order = np.argsort(g_pids, kind="stable")
+        self.pids, self.starts, self.counts = np.unique(
+            g_pids[self.order], return_index=True, return_counts=True
+        )
+        # (pid, camid) pair counts, for the number of positives per query.
+        pair = np.stack([g_pids, g_camids], axis=1)
+        self._pairs, self._pair_counts = np.unique(pair, axis=0, return_counts=True)
+
+    def _segments(self, q_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seg = np.searchsorted(self.pids, q_pids).clip(max=len(self.pids) - 1)
+        found = self.pids[seg] == q_pids
+        return seg, np.where(found, self.counts[seg], 0)
+
+    def num_positives(self, q_pids: np.ndarray, q_camids: np.ndarray) -> np.ndarray:
+        """(Q,) number of gallery entries with the query's pid and another camera."""
+        _, same_pid = self._segments(q_pids)
+        pairs = self._pairs
+        # Lexicographic search of (pid, cam) among the sorted unique pairs.
+        lo = np.searchsorted(pairs[:, 0], q_pids, side="left")
+        hi = np.searchsorted(pairs[:, 0], q_pids, side="right")
+        same_cam = np.zeros(len(q_pids), dtype=np.int64)
+        has = hi > lo
+        for i in np.flatnonzero(has):
+            cams = pairs[lo[i] : hi[i], 1]
+            k = np.searchsorted(cams, q_camids[i])
+            if k < len(cams) and cams[k] == q_camids[i]:
+                same_cam[i] = self._pair_counts[lo[i] + k]
+        return same_pid - same_cam
+
+    def block(
+        self, q_pids: np.ndarray, q_camids: np.ndarray, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Same-pid gallery entries of a block of queries.
+
+        Returns:
+            gidx: (B, C) int64 gallery indices (padding repeats a valid index),
+            is_pos: (B, C) bool, same pid and another camera,
+            is_junk: (B, C) bool, same pid and same camera.
+        """
+        seg, cnt = self._segments(q_pids)
+        width = int(cnt.max()) if len(cnt) else 0
+        slots = np.arange(width)
+        filled = slots[None, :] < cnt[:, None]
+        pos = self.starts[seg][:, None] + np.where(filled, slots[None, :], 0)
+        gidx = self.order[pos.clip(max=len(self.order) - 1)]
+        same_cam = self.g_camids[gidx] == q_camids[:, None]
+        is_junk = filled & same_cam
+        is_pos = filled & ~same_cam
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        return to(gidx), to(is_pos), to(is_junk)
+
+
+def positive_ranks(
+    dist: Tensor, gidx: Tensor, is_pos: Tensor, is_junk: Tensor, max_candidates: int
+) -> tuple[Tensor, Tensor]:
+    """1-based rank of every positive among the kept gallery entries of each row.
+
+    Args:
+        dist: (B, G) float32 distances; junk entries are overwritten with +inf.
+        gidx, is_pos, is_junk: (B, C) from ``PositiveLookup.block``.
+        max_candidates: bound on the entries binary-searched at once (memory).
+
+    Returns:
+        npos: (B,) int64 number of positives per row;
+        ranks: (P,) int64, P = npos.sum(), the ranks row after row, ascending in a row.
+    """
+    nrows, ngal = dist.shape
+    dev = dist.device
+    rows = torch.arange(nrows, device=dev)[:, None].expand_as(gidx)
+    if bool(is_junk.any()):
+        dist[rows[is_junk], gidx[is_junk]] = float("inf")
+    npos = is_pos.sum(1)
+    total = int(npos.sum())
+    if total == 0:
+        return npos, torch.zeros(0, dtype=torch.int64, device=dev)
+
+    # Sort each row's positives by (distance, gallery index) in one int64 key; the
+    # signed 32-bit distance key shifted up keeps the sign, the index fills the low bits.
+    pdist = dist.gather(1, gidx)
+    key = (order_key(pdist) << 32) | gidx
+    key = key.masked_fill(~is_pos, _I64_MAX).sort(dim=1).values
+    filled = torch.arange(key.shape[1], device=dev)[None, :] < npos[:, None]
+    pos_row = rows[filled]  # (P,)
+    key = key[filled]
+    pos_gidx = key & _LOW32
+    # Global key (row, distance): sorted over all P positives, so one searchsorted
+    # serves every row at once.
+    pos_gkey = (pos_row << 32) + ((key >> 32) + 2**31)
+    row_end = npos.cumsum(0)
+    row_start = row_end - npos
+
+    # The hardest positive bounds the entries that can precede any positive.
+    thresh = pdist.masked_fill(~is_pos, float("-inf")).amax(1)
+    counts = torch.zeros(total, dtype=torch.int64, device=dev)
+    group = max(1, max_candidates // max(ngal, 1))
+    for r0 in range(0, nrows, group):
+        r1 = min(nrows, r0 + group)
+        part = dist[r0:r1]
+        flat = (part <= thresh[r0:r1, None]).view(-1).nonzero().squeeze(1)
+        if flat.numel() == 0:
+            continue
+        cand_r = flat // ngal
+        cand_c = flat - cand_r * ngal
+        cand_r += r0
+        ckey = (cand_r << 32) + (order_key(part.view(-1)[flat]) + 2**31)
+        slot = torch.searchsorted(pos_gkey, ckey, side="left")
+        # Ties with a positive are rare: detect them by looking at the slot found.
+        tied = (pos_gkey[slot.clamp(max=total - 1)] == ckey).nonzero().squeeze(1)
+        if tied.numel():
+            hi = torch.searchsorted(pos_gkey, ckey[tied], side="right")
+            slot[tied] += _earlier_tied(pos_gidx, slot[tied], hi, cand_c[tied])
+        keep = slot < row_end[cand_r]  # tied with the hardest positive but later: after it
+        counts += torch.bincount(slot[keep], minlength=total)
+
+    csum = counts.cumsum(0)
+    before_row = (csum - counts)[row_start]  # (B,) garbage for rows without positives
+    ranks = csum - before_row[pos_row]
+    return npos, ranks
+
+
+def _earlier_tied(pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor) -> Tensor:
+    """For each tied candidate: positives in ``pos_gidx[lo:hi]`` with a smaller index."""
+    out = torch.empty_like(lo)
+    width = int((hi - lo).max())
+    step = max(1, (1 << 22) // width)  # bound the (n, width) temporaries
+    span = torch.arange(width, device=lo.device)
+    for s in range(0, lo.numel(), step):
+        a, b, c = lo[s : s + step], hi[s : s + step], cand_gidx[s : s + step]
+        idx = a[:, None] + span[None, :]
+        inside = idx < b[:, None]
+        earlier = pos_gidx[idx.clamp(max=pos_gidx.numel() - 1)] < c[:, None]
+        out[s : s + step] = (earlier & inside).sum(1)
+    return out

@@ -1,0 +1,119 @@
+"""Input checks and conversions shared by ``evaluate``, re-ranking and ``GalleryIndex``.
+
+Every check raises a one-line ``ValueError`` that names the offending argument, so a
+pipeline that feeds the wrong array fails at the boundary instead of deep in a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+METRICS = ("euclidean", "cosine")
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(METRICS)}")
+    return metric
+
+
+def check_max_rank(max_rank) -> int:
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)):
+        raise ValueError(f"max_rank must be an integer >= 1, got {max_rank!r}")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    return int(max_rank)
+
+
+def resolve_device(device: str | torch.device, *arrays) -> torch.device:
+    """The device to compute on.
+
+    ``'auto'``: the device of the first input that is a non-CPU torch tensor, else CUDA
+    when torch sees one, else CPU. Anything else is passed to ``torch.device``.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown device {device!r}: {exc}") from None
+    for a in arrays:
+        if isinstance(a, Tensor) and a.device.type != "cpu":
+            return a.device
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def as_features(x, name: str, device: torch.device) -> Tensor:
+    """``x`` (N, D) as a contiguous float32 tensor on ``device``; checks shape and values.
+
+    Zero-copy for a contiguous float32 CPU array or tensor already on ``device``.
+    """
+    if isinstance(x, Tensor):
+        t = x.detach()
+    else:
+        try:
+            t = torch.from_numpy(np.ascontiguousarray(x))
+        except TypeError as exc:
+            raise ValueError(f"{name} must be a numeric (N, D) array or tensor: {exc}") from None
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has feature dimension 0")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
+    t = t.to(device=device, dtype=torch.float32).contiguous()
+    check_finite(t, name)
+    return t
+
+
+def check_finite(t: Tensor, name: str) -> None:
+    """Raise if ``t`` (N, D) holds NaN or Inf (or values whose row sum overflows).
+
+    A row sum is NaN/Inf whenever the row holds NaN/Inf, so one cheap reduction pass
+    screens everything; only flagged rows are inspected element by element.
+    """
+    bad_rows = (~torch.isfinite(t.sum(dim=1))).nonzero().flatten()
+    if bad_rows.numel() == 0:
+        return
+    row = int(bad_rows[0])
+    for r in bad_rows.tolist():
+        if not bool(torch.isfinite(t[r]).all()):
+            raise ValueError(f"{name} contains NaN or Inf values (first in row {r})")
+    raise ValueError(f"{name} row {row} has values too large for float32 distances")
+
+
+def check_same_dim(qf: Tensor, gf: Tensor, qname: str = "qf", gname: str = "gf") -> None:
+    if qf.shape[1] != gf.shape[1]:
+        raise ValueError(
+            f"feature dimensions differ: {qname} has {qf.shape[1]}, {gname} has {gf.shape[1]}"
+        )
+
+
+def as_labels(x, name: str, length: int, length_of: str) -> np.ndarray:
+    """``x`` as a 1-D int64 numpy array of ``length`` entries (pids or camids)."""
+    if isinstance(x, Tensor):
+        arr = x.detach().cpu().numpy()
+    elif isinstance(x, (np.ndarray, Sequence)):
+        arr = np.asarray(x)
+    else:
+        raise ValueError(f"{name} must be a 1-D array, list or tensor, got {type(x).__name__}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] != length:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries, expected one per {length_of} ({length})"
+        )
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"{name} must hold integers, got non-integral values")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds values too large for int64")
+    return arr.astype(np.int64, copy=False)

@@ -1,0 +1,293 @@
+"""reid_dhm.retrieval.evaluate: torchreid agreement, tie rule, skip rule, chunking, bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from reid_dhm.retrieval import evaluate, evaluate_distmat
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torchreid warns that its Cython evaluator is missing
+    from torchreid.reid.metrics.distance import compute_distance_matrix
+    from torchreid.reid.metrics.rank import evaluate_rank
+
+
+def reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """Market-1501 protocol with a STABLE argsort: ties go to the earlier gallery entry."""
+    order = np.argsort(distmat, axis=1, kind="stable")
+    aps, inps, cmcs = [], [], []
+    for i in range(distmat.shape[0]):
+        o = order[i]
+        keep = ~((g_pids[o] == q_pids[i]) & (g_camids[o] == q_camids[i]))
+        hits = (g_pids[o][keep] == q_pids[i]).astype(np.int64)
+        if not hits.any():
+            aps.append(np.nan)
+            inps.append(np.nan)
+            continue
+        cum = hits.cumsum()
+        aps.append((cum / np.arange(1, len(hits) + 1) * hits).sum() / hits.sum())
+        last = np.flatnonzero(hits).max()
+        inps.append(cum[last] / (last + 1))
+        cmcs.append(np.minimum(cum, 1)[: min(max_rank, distmat.shape[1])])
+    cmc = np.asarray(cmcs, dtype=np.float32).sum(0) / np.float32(len(cmcs))
+    return np.array(aps), np.array(inps), cmc
+
+
+def random_problem(seed, nq=40, ng=300, dim=24, ids=25, cams=4):
+    rng = np.random.default_rng(seed)
+    q_pids = rng.integers(0, ids, nq)
+    g_pids = rng.integers(0, ids, ng)
+    q_camids = rng.integers(0, cams, nq)
+    g_camids = rng.integers(0, cams, ng)
+    qf = rng.standard_normal((nq, dim)).astype(np.float32)
+    gf = rng.standard_normal((ng, dim)).astype(np.float32)
+    return qf, gf, q_pids, g_pids, q_camids, g_camids
+
+
+def torchreid_eval(qf, gf, q_pids, g_pids, q_camids, g_camids, metric, max_rank=50):
+    dist = compute_distance_matrix(torch.as_tensor(qf), torch.as_tensor(gf), metric).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cmc, mAP = evaluate_rank(
+            dist, q_pids, g_pids, q_camids, g_camids, max_rank, use_cython=False
+        )
+    return dist, cmc, mAP
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_agrees_with_torchreid(seed, metric):
+    prob = random_problem(seed)
+    dist, cmc, mAP = torchreid_eval(*prob, metric)
+    out = evaluate(*prob, metric=metric)
+    assert abs(out["mAP"] - mAP) < 1e-6
+    np.testing.assert_array_equal(out["cmc"], cmc)
+    assert out["cmc"].dtype == np.float32 and out["cmc"].shape == (50,)
+    ap, inp, _ = reference(dist, *prob[2:])
+    np.testing.assert_allclose(out["AP"], ap, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["INP"], inp, rtol=0, atol=1e-12)
+    assert out["mINP"] == pytest.approx(np.nanmean(inp), abs=1e-12)
+    assert out["num_valid_queries"] == int(np.isfinite(ap).sum())
+
+
+def test_accepts_tensors_and_lists():
+    qf, gf, qp, gp, qc, gc = random_problem(5)
+    a = evaluate(qf, gf, qp, gp, qc, gc)
+    b = evaluate(
+        torch.from_numpy(qf),
+        torch.from_numpy(gf).double(),
+        torch.from_numpy(qp),
+        list(gp),
+        qc.astype(np.int32),
+        torch.from_numpy(gc),
+        device="cpu",
+    )
+    assert a["mAP"] == b["mAP"] and a["mINP"] == b["mINP"]
+    np.testing.assert_array_equal(a["cmc"], b["cmc"])
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_ties_follow_gallery_order(chunk):
+    # Integer features with few distinct values: most distances tie exactly (and are
+    # computed exactly in float32), so the tie rule decides every AP.
+    rng = np.random.default_rng(7)
+    qf = rng.integers(0, 3, (30, 4)).astype(np.float32)
+    gf = rng.integers(0, 3, (400, 4)).astype(np.float32)
+    qp, gp = rng.integers(0, 12, 30), rng.integers(0, 12, 400)
+    qc, gc = rng.integers(0, 3, 30), rng.integers(0, 3, 400)
+    dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)
+    assert len(np.unique(dist)) < 20  # really tie-heavy
+    ap, inp, cmc = reference(dist, qp, gp, qc, gc)
+    for out in (
+        evaluate(qf, gf, qp, gp, qc, gc, chunk_size=chunk),
+        evaluate_distmat(dist, qp, gp, qc, gc, chunk_size=chunk),
+        evaluate_distmat(dist, qp, gp, qc, gc, memory_budget=4096),  # 1-row candidate groups
+    ):
+        np.testing.assert_allclose(out["AP"], ap, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(out["INP"], inp, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(out["cmc"], cmc)
+
+
+def test_tie_rule_by_hand():
+    # One query, two gallery entries at the same distance: the earlier one ranks first.
+    qf = np.zeros((1, 2), np.float32)
+    gf = np.array([[1, 0], [0, 1]], np.float32)
+    cams = dict(q_camids=[0], g_camids=[1, 1])
+    first = evaluate(qf, gf, [5], [5, 9], **cams)  # positive first in the gallery
+    second = evaluate(qf, gf, [5], [9, 5], **cams)  # positive second
+    assert first["mAP"] == 1.0 and second["mAP"] == 0.5
+    assert first["cmc"][0] == 1.0 and second["cmc"][0] == 0.0
+    # -0.0 and +0.0 are the same distance.
+    dm = np.array([[0.0, -0.0, 0.0]], np.float32)
+    out = evaluate_distmat(dm, [1], [2, 1, 1], [0], [1, 1, 1])
+    assert out["AP"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_queries_without_valid_positive_are_skipped():
+    qf, gf, qp, gp, qc, gc = random_problem(11, ids=10)
+    gc = gc.copy()
+    # Query 0's identity only appears in the gallery under the query's own camera.
+    qp = qp.copy()
+    qp[0] = 99
+    gp = gp.copy()
+    gp[:3] = 99
+    gc[:3] = qc[0]
+    # Query 1's identity is absent from the gallery.
+    qp[1] = 123
+    _, cmc, mAP = torchreid_eval(qf, gf, qp, gp, qc, gc, "euclidean")
+    out = evaluate(qf, gf, qp, gp, qc, gc)
+    assert not out["valid"][0] and not out["valid"][1]
+    assert np.isnan(out["AP"][0]) and np.isnan(out["INP"][1])
+    assert out["num_valid_queries"] == out["valid"].sum() == len(qp) - 2
+    assert abs(out["mAP"] - mAP) < 1e-6
+    np.testing.assert_array_equal(out["cmc"], cmc)
+
+
+def test_distractors_pid0_stay_in_gallery():
+    # Gallery pid-0 distractors identical to the query outrank its true match.
+    qf = np.array([[0.0, 0.0]], np.float32)
+    gf = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]], np.float32)
+    out = evaluate(qf, gf, [4], [0, 0, 4], [1], [2, 2, 2])
+    assert out["AP"][0] == pytest.approx(1 / 3)
+    assert out["INP"][0] == pytest.approx(1 / 3)
+    np.testing.assert_array_equal(out["cmc"], np.float32([0, 0, 1]))
+
+
+def test_same_camera_junk_is_removed_not_ranked():
+    # The same-pid same-camera entry is nearest; it must vanish, not count as a miss.
+    qf = np.zeros((1, 2), np.float32)
+    gf = np.array([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]], np.float32)
+    out = evaluate(qf, gf, [3], [3, 3, 8], [1], [1, 2, 2])
+    assert out["mAP"] == 1.0 and out["cmc"][0] == 1.0
+
+
+def test_chunking_gives_identical_results():
+    prob = random_problem(21, nq=37, ng=211)
+    full = evaluate(*prob)
+    for kw in ({"chunk_size": 1}, {"chunk_size": 5}, {"memory_budget": 2000}):
+        out = evaluate(*prob, **kw)
+        np.testing.assert_array_equal(out["AP"], full["AP"])
+        np.testing.assert_array_equal(out["INP"], full["INP"])
+        np.testing.assert_array_equal(out["cmc"], full["cmc"])
+
+
+def test_max_rank_clipped_to_gallery_size():
+    qf, gf, qp, gp, _, _ = random_problem(3, nq=10, ng=12, ids=3)
+    # No junk here: torchreid itself fails when junk removal leaves < max_rank entries.
+    prob = (qf, gf, qp, gp, np.zeros(10, int), np.ones(12, int))
+    _, cmc, mAP = torchreid_eval(*prob, "euclidean", max_rank=50)
+    out = evaluate(*prob, max_rank=50)
+    assert out["cmc"].shape == (12,)
+    np.testing.assert_array_equal(out["cmc"], cmc)
+    assert evaluate(*prob, max_rank=1)["cmc"].shape == (1,)
+    # With junk removed, CMC stays defined (1 once the first hit is reached).
+    junky = evaluate(qf, gf, qp, gp, np.zeros(10, int), np.zeros(12, int) + (gp % 2))
+    assert junky["cmc"].shape == (12,) and junky["cmc"][-1] == 1.0
+
+
+def test_evaluate_distmat_matches_evaluate():
+    prob = random_problem(9)
+    dist = compute_distance_matrix(torch.from_numpy(prob[0]), torch.from_numpy(prob[1]))
+    before = dist.clone()
+    a = evaluate_distmat(dist, *prob[2:])
+    assert torch.equal(dist, before)  # the caller's matrix is not modified
+    b = evaluate(*prob)
+    assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-12)
+    np.testing.assert_array_equal(a["cmc"], b["cmc"])
+
+
+def test_rerank_matches_torchreid():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.utils.rerank import re_ranking as torchreid_re_ranking
+    rng = np.random.default_rng(4)
+    centers = rng.standard_normal((20, 16))
+    qp, gp = rng.integers(0, 20, 50), rng.integers(0, 20, 250)
+    qc, gc = rng.integers(0, 3, 50), rng.integers(0, 3, 250)
+    qf = torch.tensor(centers[qp] + 0.8 * rng.standard_normal((50, 16)), dtype=torch.float32)
+    gf = torch.tensor(centers[gp] + 0.8 * rng.standard_normal((250, 16)), dtype=torch.float32)
+    for metric in ("euclidean", "cosine"):
+        qg, qq, gg = (compute_distance_matrix(a, b, metric).numpy() for a, b in
+                      ((qf, gf), (qf, qf), (gf, gf)))  # fmt: skip
+        dist = torchreid_re_ranking(qg, qq, gg, k1=20, k2=6, lambda_value=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, 50, use_cython=False)
+        out = evaluate(qf, gf, qp, gp, qc, gc, metric=metric, rerank=True)
+        assert abs(out["mAP"] - mAP) < 1e-6
+        np.testing.assert_array_equal(out["cmc"], cmc)
+        chunked = evaluate(qf, gf, qp, gp, qc, gc, metric=metric, rerank=True, chunk_size=7)
+        np.testing.assert_array_equal(chunked["AP"], out["AP"])
+
+
+# ------------------------------------------------------------------------- bad input
+def _ok():
+    qf, gf, qp, gp, qc, gc = random_problem(0, nq=6, ng=30, ids=4)
+    return dict(qf=qf, gf=gf, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc)
+
+
+def _nan(a):
+    a = a.copy()
+    a[2, 3] = np.nan
+    return a
+
+
+def _inf(a):
+    a = a.copy()
+    a[1, 0] = -np.inf
+    return a
+
+
+def _empty(side):
+    return lambda k: {**k, f"{side}f": k[f"{side}f"][:0], f"{side}_pids": [], f"{side}_camids": []}
+
+
+BAD = {
+    "nan query": (lambda k: {**k, "qf": _nan(k["qf"])}, r"qf contains NaN or Inf"),
+    "inf gallery": (lambda k: {**k, "gf": _inf(k["gf"])}, r"gf contains NaN or Inf"),
+    "huge values": (lambda k: {**k, "gf": k["gf"] * 1e20}, r"gf row \d+ has values too large"),
+    "dims differ": (lambda k: {**k, "gf": k["gf"][:, :-1]}, r"feature dimensions differ"),
+    "empty query": (_empty("q"), "qf is empty"),
+    "empty gallery": (_empty("g"), "gf is empty"),
+    "1-D features": (lambda k: {**k, "qf": k["qf"][0]}, r"qf must be 2-D"),
+    "q_pids length": (
+        lambda k: {**k, "q_pids": k["q_pids"][:-1]},
+        r"q_pids has 5 entries, expected one per row of qf \(6\)",
+    ),
+    "g_camids length": (
+        lambda k: {**k, "g_camids": k["g_camids"][:3]},
+        r"g_camids has 3 entries, expected one per row of gf",
+    ),
+    "float pids": (lambda k: {**k, "g_pids": k["g_pids"] + 0.5}, r"g_pids must hold integers"),
+    "no valid query": (
+        lambda k: {**k, "g_camids": np.zeros(30, int), "q_camids": np.zeros(6, int)},
+        r"no valid query",
+    ),
+    "unknown metric": (lambda k: {**k, "metric": "manhattan"}, r"unknown metric 'manhattan'"),
+    "max_rank 0": (lambda k: {**k, "max_rank": 0}, r"max_rank must be >= 1"),
+    "max_rank float": (lambda k: {**k, "max_rank": 5.0}, r"max_rank must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_raises_one_line_value_error(case):
+    make, pattern = BAD[case]
+    with pytest.raises(ValueError, match=pattern) as err:
+        evaluate(**make(_ok()))
+    assert "\n" not in str(err.value)
+
+
+def test_bad_distmat():
+    k = _ok()
+    labels = (k["q_pids"], k["g_pids"], k["q_camids"], k["g_camids"])
+    dm = np.ones((6, 30), np.float32)
+    with pytest.raises(ValueError, match="distmat contains NaN"):
+        evaluate_distmat(_nan(dm), *labels)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        evaluate_distmat(dm[0], *labels)
+    with pytest.raises(
+        ValueError, match=r"g_pids has 30 entries, expected one per distmat column \(29\)"
+    ):
+        evaluate_distmat(dm[:, :29], *labels)
