@@ -145,31 +145,44 @@ def positive_ranks(
 
     # The hardest positive bounds the entries that can precede any positive.
     thresh = pdist.masked_fill(~is_pos, float("-inf")).amax(1)
-    counts = torch.zeros(total, dtype=torch.int64, device=dev)
+    counts = torch.zeros(total + 1, dtype=torch.int64, device=dev)  # last bin: discarded
     group = max(1, max_candidates // max(ngal, 1))
     for r0 in range(0, nrows, group):
         r1 = min(nrows, r0 + group)
         part = dist[r0:r1]
-        flat = (part <= thresh[r0:r1, None]).view(-1).nonzero().squeeze(1)
+        flat = _flat_nonzero(part <= thresh[r0:r1, None])
         if flat.numel() == 0:
             continue
-        cand_r = flat // ngal
-        cand_c = flat - cand_r * ngal
-        cand_r += r0
-        ckey = (cand_r << 32) + (order_key(part.view(-1)[flat]) + 2**31)
+        cand_r = flat // ngal + r0
+        # 1-D index_select is much faster than advanced indexing on CPU.
+        ckey = (cand_r << 32) + (order_key(part.view(-1).index_select(0, flat)) + 2**31)
         slot = torch.searchsorted(pos_gkey, ckey, side="left")
-        # Ties with a positive are rare: detect them by looking at the slot found.
-        tied = (pos_gkey[slot.clamp(max=total - 1)] == ckey).nonzero().squeeze(1)
+        # Equal keys mean a tie with a positive (each positive also meets itself); only
+        # those need the gallery-index rule, and only they can land past their row's
+        # last positive (same distance as the hardest positive, later in the gallery).
+        tied = (pos_gkey.index_select(0, slot.clamp(max=total - 1)) == ckey).nonzero()[:, 0]
         if tied.numel():
-            hi = torch.searchsorted(pos_gkey, ckey[tied], side="right")
-            slot[tied] += _earlier_tied(pos_gidx, slot[tied], hi, cand_c[tied])
-        keep = slot < row_end[cand_r]  # tied with the hardest positive but later: after it
-        counts += torch.bincount(slot[keep], minlength=total)
+            t_slot = slot.index_select(0, tied)
+            hi = torch.searchsorted(pos_gkey, ckey.index_select(0, tied), side="right")
+            t_col = flat.index_select(0, tied) % ngal
+            t_slot += _earlier_tied(pos_gidx, t_slot, hi, t_col)
+            past = t_slot >= row_end.index_select(0, cand_r.index_select(0, tied))
+            slot.index_copy_(0, tied, t_slot.masked_fill_(past, total))
+        counts += torch.bincount(slot, minlength=total + 1)
+    counts = counts[:total]
 
     csum = counts.cumsum(0)
     before_row = (csum - counts)[row_start]  # (B,) garbage for rows without positives
     ranks = csum - before_row[pos_row]
     return npos, ranks
+
+
+def _flat_nonzero(mask: Tensor) -> Tensor:
+    """Flat indices of the True entries of a contiguous bool tensor, as int64."""
+    if mask.device.type == "cpu":
+        # numpy's nonzero on bool is ~2.5x faster than torch's on CPU.
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.view(-1).nonzero()[:, 0]
 
 
 def _earlier_tied(pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor) -> Tensor:

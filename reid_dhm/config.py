@@ -1,0 +1,266 @@
+"""The one place that reads configuration: defaults, dataset presets, YAML, dotted overrides.
+
+Resolution order (later wins): built-in defaults < the dataset's preset < ``--config``
+YAML < ``KEY=VALUE`` overrides. Every key must already exist in the defaults; an
+unknown key or a value of the wrong type is an error that names the key. The
+library never reads configuration: tools turn sections into explicit arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# Keys whose value may be None or of any type (their default gives no type to check).
+FREE_KEYS = {"model.branches", "model.pretrained", "loss.ce_weights", "output_dir", "data.root"}
+# Mappings whose inner keys are free-form (checked by the function that receives them).
+FREE_MAPPINGS = {"model.kwargs"}
+
+DEFAULTS: dict[str, Any] = {
+    "task": "reid",
+    "output_dir": None,
+    "model": {
+        "name": "dhm_resnet50",
+        "branches": None,  # None: the model's default (aux1 + aux2)
+        "pretrained": True,  # True: torchvision weights from the torch hub cache; or a path
+        "kwargs": {},
+    },
+    "data": {
+        "dataset": "market1501",
+        "root": "reid-data",
+        "height": 256,
+        "width": 128,
+        "transforms": ["random_flip", "random_crop"],
+        "norm_mean": IMAGENET_MEAN,
+        "norm_std": IMAGENET_STD,
+        "batch_size": 32,
+        "test_batch_size": 100,
+        "workers": 4,
+        "sampler": "random",
+        "num_instances": 4,
+        "combineall": False,
+        "limit": 0,  # classification: use only the first N training images (0 = all)
+    },
+    "loss": {
+        "mode": "dhm",
+        "direction": "bidirectional",
+        "label_smooth": 0.1,
+        "temperature": 1.0,
+        "kl_weight": 1.0,
+        "ce_weights": None,
+    },
+    "branch_sampling": {"policy": "fixed", "p": 0.5, "seed": 0},
+    "optim": {
+        "name": "amsgrad",
+        "lr": 0.0003,
+        "weight_decay": 0.0005,
+        "betas": [0.9, 0.999],
+        "momentum": 0.9,
+        "nesterov": False,
+    },
+    "scheduler": {
+        "name": "multi_step",
+        "milestones": [20, 40],
+        "gamma": 0.1,
+        "step_size": 30,
+        "warmup_epochs": 0,
+    },
+    "train": {
+        "max_epoch": 60,
+        "fixbase_epoch": 10,
+        "seed": 1,
+        "print_freq": 20,
+        "eval_freq": -1,
+        "device": "auto",
+        "amp": "none",
+    },
+    "test": {
+        "metric": "euclidean",
+        "normalize_feature": False,
+        "rerank": False,
+        "ranks": [1, 5, 10, 20],
+        "per_branch": False,
+        "vis_queries": 6,
+        "vis_topk": 8,
+    },
+}
+
+# Dataset presets: the paper's recipes (DESIGN 3) for real data, a fast one for synthreid.
+PRESETS: dict[str, dict[str, Any]] = {
+    "market1501": {},
+    "dukemtmcreid": {},
+    "folder": {},
+    "synthreid": {
+        "model": {"name": "dhm_mobilenetv2", "pretrained": False},
+        "data": {
+            "root": "reid-data",
+            "height": 128,
+            "width": 64,
+            "batch_size": 32,
+            "test_batch_size": 128,
+            "workers": 2,
+        },
+        "optim": {"lr": 0.003},
+        "scheduler": {"milestones": [8]},
+        "train": {"max_epoch": 10, "fixbase_epoch": 0, "print_freq": 10},
+    },
+}
+REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and file at fault."""
+
+
+def register_preset(dataset: str, preset: Mapping[str, Any]) -> None:
+    """Add a dataset preset (used by the classification task); names must be new."""
+    if dataset in PRESETS:
+        raise ConfigError(f"dataset preset {dataset!r} already exists")
+    PRESETS[dataset] = dict(preset)
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return isinstance(value, (list, tuple))
+    if isinstance(default, dict):
+        return isinstance(value, Mapping)
+    return True
+
+
+def merge(base: dict, update: Mapping, source: str, prefix: str = "") -> dict:
+    """Deep-merge ``update`` into ``base`` (in place), refusing unknown keys and wrong types."""
+    if not isinstance(update, Mapping):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping")
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            valid = ", ".join(sorted(f"{prefix}{k}" for k in base))
+            raise ConfigError(f"{source}: unknown config key {dotted!r}; valid keys here: {valid}")
+        current = base[key]
+        if dotted in FREE_MAPPINGS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {dotted!r} must be a mapping, got {value!r}")
+            base[key] = dict(value)
+        elif isinstance(current, dict) and dotted not in FREE_KEYS:
+            merge(current, value, source, dotted + ".")
+        elif dotted in FREE_KEYS or current is None:
+            base[key] = value
+        elif not _type_ok(current, value):
+            raise ConfigError(
+                f"{source}: {dotted!r} must be {type(current).__name__}, got {value!r}"
+            )
+        else:
+            base[key] = float(value) if isinstance(current, float) else value
+            if isinstance(value, tuple):
+                base[key] = list(value)
+    return base
+
+
+def parse_override(text: str) -> dict:
+    """``'optim.lr=0.001'`` -> ``{'optim': {'lr': 0.001}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE, e.g. optim.lr=0.001")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return dict(data)
+
+
+def resolve_config(
+    dataset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+) -> dict:
+    """The fully resolved configuration.
+
+    Args:
+        dataset: ``--dataset`` (may be omitted when the YAML file sets ``data.dataset``).
+        config_file: optional YAML file with any subset of the sections.
+        overrides: ``KEY=VALUE`` strings with dotted keys.
+
+    Returns:
+        A plain nested dict (YAML-serialisable).
+    """
+    from_file = read_yaml(config_file) if config_file else {}
+    file_dataset = (from_file.get("data") or {}).get("dataset")
+    override_dicts = [parse_override(o) for o in overrides]
+    cli_dataset = next(
+        (o["data"]["dataset"] for o in override_dicts if "dataset" in o.get("data", {})), None
+    )
+    chosen = [d for d in (dataset, cli_dataset) if d is not None]
+    if len(set(chosen)) > 1:
+        raise ConfigError(f"--dataset {dataset!r} conflicts with data.dataset={cli_dataset!r}")
+    if chosen and file_dataset and file_dataset != chosen[0]:
+        raise ConfigError(
+            f"--dataset {chosen[0]!r} conflicts with data.dataset: {file_dataset!r} "
+            f"in {config_file}"
+        )
+    name = chosen[0] if chosen else file_dataset
+    if name is None:
+        raise ConfigError("no dataset given: pass --dataset NAME or set data.dataset in --config")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown dataset {name!r}; valid datasets are {sorted(PRESETS)}")
+    cfg = copy.deepcopy(DEFAULTS)
+    merge(cfg, copy.deepcopy(PRESETS[name]), f"preset {name!r}")
+    cfg["data"]["dataset"] = name
+    if from_file:
+        merge(cfg, from_file, str(config_file))
+    for text, nested in zip(overrides, override_dicts):
+        merge(cfg, nested, f"override {text!r}")
+    return cfg
+
+
+def dump_config(cfg: Mapping) -> str:
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

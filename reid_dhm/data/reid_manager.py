@@ -1,0 +1,147 @@
+"""Build torchreid's ``ImageDataManager`` for our re-ID data sets, with checks up front.
+
+Everything that would otherwise fail late (a missing folder, a batch larger than the
+training set, query identities with no cross-camera match in the gallery, which
+torchreid only reports at the end of training) fails here, before any training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from torchreid.reid.data import ImageDataManager
+
+from .reid_datasets import KNOWN_LAYOUTS, register_torchreid_datasets
+from .reid_datasets import resolve_known_dataset as _resolve_known
+from .synthreid import SynthReIDSpec, generate_synthreid
+
+REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
+SAMPLERS = {"random": "RandomSampler", "identity": "RandomIdentitySampler"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def prepare_reid_dataset(
+    name: str, root: str | Path, synthreid: SynthReIDSpec | None = None
+) -> Path:
+    """Check (or, for synthreid, generate) a data set; returns its split-holding folder."""
+    if name not in REID_DATASETS:
+        raise ValueError(
+            f"unknown re-ID dataset {name!r}; valid datasets are {list(REID_DATASETS)}"
+        )
+    if name == "synthreid":
+        return generate_synthreid(root, synthreid)
+    if name in KNOWN_LAYOUTS:
+        return _resolve_known(name, root)
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"--root {folder} does not exist; the folder dataset needs a Market-1501-layout "
+            "folder (bounding_box_train/, bounding_box_test/, query/)"
+        )
+    return folder
+
+
+def count_valid_queries(query, gallery) -> tuple[int, list[int]]:
+    """Queries with at least one gallery image of the same pid from another camera.
+
+    Returns:
+        (number of valid queries, pids of the queries that have none).
+    """
+    cams_of = defaultdict(set)
+    for item in gallery:
+        cams_of[item[1]].add(item[2])
+    valid, lonely = 0, []
+    for item in query:
+        if cams_of.get(item[1], set()) - {item[2]}:
+            valid += 1
+        else:
+            lonely.append(item[1])
+    return valid, lonely
+
+
+def check_query_gallery(name: str, query, gallery) -> int:
+    """Fail now, not after training, when evaluation would be empty; warn when partial."""
+    valid, lonely = count_valid_queries(query, gallery)
+    if valid == 0:
+        raise ValueError(
+            f"{name}: no query image has a gallery image of the same identity from another "
+            f"camera ({len(query)} queries, {len(gallery)} gallery images); the Market-1501 "
+            "protocol would have nothing to evaluate. Check the query/ and bounding_box_test/ "
+            "file names (<pid>_c<camera>...)."
+        )
+    if lonely:
+        warnings.warn(
+            f"{name}: {len(lonely)} of {len(query)} queries have no cross-camera match in the "
+            f"gallery (e.g. pid {lonely[0]}); they are skipped by the evaluation",
+            stacklevel=2,
+        )
+    return valid
+
+
+def build_reid_datamanager(
+    dataset: str,
+    root: str | Path,
+    height: int = 256,
+    width: int = 128,
+    transforms=("random_flip", "random_crop"),
+    norm_mean=IMAGENET_MEAN,
+    norm_std=IMAGENET_STD,
+    batch_size: int = 32,
+    test_batch_size: int = 100,
+    workers: int = 4,
+    sampler: str = "random",
+    num_instances: int = 4,
+    combineall: bool = False,
+    use_gpu: bool = False,
+    synthreid: SynthReIDSpec | None = None,
+) -> ImageDataManager:
+    """A torchreid ``ImageDataManager`` for one of ``REID_DATASETS``.
+
+    Args:
+        dataset: ``market1501``, ``dukemtmcreid``, ``synthreid`` or ``folder``.
+        root: the data root (``folder``: the Market-layout folder itself).
+        height, width: network input size.
+        transforms: torchreid training transforms; ``random_crop`` resizes 1.125x larger
+            and crops back (the paper's "resize larger + random crop").
+        sampler: ``random`` or ``identity`` (``num_instances`` images per identity).
+        use_gpu: pin host memory for GPU training.
+
+    Returns:
+        The data manager, its ``train_loader`` and ``test_loader`` ready.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid samplers are {list(SAMPLERS)}")
+    if sampler == "identity" and batch_size % num_instances:
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of num_instances {num_instances} "
+            "for the identity sampler"
+        )
+    folder = prepare_reid_dataset(dataset, root, synthreid)
+    register_torchreid_datasets()
+    manager = ImageDataManager(
+        root=str(folder if dataset == "folder" else root),
+        sources=dataset,
+        height=height,
+        width=width,
+        transforms=list(transforms),
+        norm_mean=list(norm_mean),
+        norm_std=list(norm_std),
+        use_gpu=use_gpu,
+        combineall=combineall,
+        batch_size_train=batch_size,
+        batch_size_test=test_batch_size,
+        workers=workers,
+        num_instances=num_instances,
+        train_sampler=SAMPLERS[sampler],
+    )
+    n_train = len(manager.train_loader.dataset)
+    if len(manager.train_loader) == 0:
+        raise ValueError(
+            f"{dataset}: the training set has {n_train} images, fewer than batch_size {batch_size}"
+        )
+    for name, loaders in manager.test_loader.items():
+        check_query_gallery(name, loaders["query"].dataset.data, loaders["gallery"].dataset.data)
+    return manager

@@ -1,0 +1,1 @@
+"""Training engines: the DHM re-ID engine on torchreid, the classification engine, helpers."""

@@ -1,0 +1,283 @@
+"""The DHM re-ID engine: torchreid's ``ImageSoftmaxEngine`` with the DHM objective.
+
+What it overrides, and why:
+
+* ``forward_backward``: ``DHMLoss`` on the model's per-branch output; returns every
+  named term (``ce/main``, ``kl/aux1->main``, ...) and per-branch accuracy.
+* ``train``: draws the epoch's active branches from the ``BranchSampler``, applies
+  staged freezing through our own ``set_backbone_frozen`` (torchreid's helper does
+  not reach BN statistics inside DDP), shows a progress bar, logs every term to
+  TensorBoard, records per-epoch history and writes a checkpoint every epoch.
+* ``_evaluate``: features of the main branch (and, on request, every branch), ranked
+  by ``reid_dhm.evaluate`` (exact Market-1501 protocol, fast); prints mAP, mINP, Rank-k.
+* ``save_model``: our atomic, self-describing checkpoint (torchreid's fails when the
+  scheduler is None and is not ``weights_only`` loadable).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchreid.reid.engine import ImageSoftmaxEngine
+from torchreid.reid.utils import MetricMeter
+from tqdm import tqdm
+
+from ..inference import extract_loader_features
+from ..losses import BranchSampler, DHMLoss
+from ..models import MAIN
+from ..retrieval import evaluate
+from ..utils.checkpoint import save_checkpoint, unwrap
+from .freezing import set_backbone_frozen
+from .plots import plot_ranked_results, plot_training_curves
+
+CHECKPOINT = "checkpoint.pth"
+
+
+class DHMReIDEngine(ImageSoftmaxEngine):
+    """Train and evaluate a DHM re-ID model through torchreid's ``Engine.run``.
+
+    Args:
+        datamanager: a torchreid ``ImageDataManager`` (see ``build_reid_datamanager``).
+        model: a reid_dhm model (or DDP-wrapped), already on ``device``.
+        optimizer, scheduler: from ``build_optimizer`` / ``build_scheduler``.
+        criterion: the ``DHMLoss`` (mode, direction, label smoothing, ...).
+        branch_sampler: draws active branches per epoch; None = all, every epoch.
+        model_name: registry name, stored in checkpoints.
+        config: resolved config, stored in checkpoints.
+        per_branch: also evaluate every aux branch (paper Table 5).
+        vis_queries, vis_topk: size of the ranked-results PNG written after the final test.
+        history: per-epoch records of an earlier run (when resuming).
+        is_main_process: only this process logs and writes files (DDP rank 0).
+    """
+
+    def __init__(
+        self,
+        datamanager,
+        model,
+        optimizer,
+        criterion: DHMLoss,
+        scheduler=None,
+        branch_sampler: BranchSampler | None = None,
+        model_name: str = "model",
+        config: Mapping | None = None,
+        per_branch: bool = False,
+        vis_queries: int = 6,
+        vis_topk: int = 8,
+        history: Sequence[Mapping] | None = None,
+        is_main_process: bool = True,
+        train_sampler=None,
+    ):
+        device = next(unwrap(model).parameters()).device
+        super().__init__(
+            datamanager, model, optimizer, scheduler=scheduler, use_gpu=device.type == "cuda"
+        )
+        self.device = device
+        self.criterion = criterion
+        self.branch_sampler = branch_sampler
+        self.model_name = model_name
+        self.config = dict(config) if config is not None else None
+        self.per_branch = per_branch
+        self.vis_queries = vis_queries
+        self.vis_topk = vis_topk
+        self.history = [dict(h) for h in (history or [])]
+        self.is_main = is_main_process
+        self.train_sampler = train_sampler  # a DistributedSampler needs set_epoch()
+        self.active = unwrap(model).branch_names
+        self.results: dict = {}
+        self._last_eval = None
+        self.save_dir: Path | None = None
+
+    # ------------------------------------------------------------------ training
+    def forward_backward(self, data) -> dict[str, float]:
+        imgs, pids = self.parse_data_for_train(data)
+        imgs = imgs.to(self.device, non_blocking=True)
+        pids = pids.to(self.device, non_blocking=True)
+        output = self.model(imgs)
+        losses = self.criterion(output, pids, active=self.active)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.optimizer.step()
+        summary = {k: float(v.detach()) for k, v in losses.items()}
+        for branch, logits in output.logits.items():
+            acc = (logits.detach().argmax(1) == pids).float().mean()
+            summary[f"acc/{branch}"] = 100.0 * float(acc)
+        return summary
+
+    def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None):
+        """Staged freezing: only new layers train during the first ``fixbase_epoch`` epochs."""
+        return set_backbone_frozen(self.model, epoch < fixbase_epoch)
+
+    def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None):
+        bare = unwrap(self.model)
+        if self.branch_sampler is not None:
+            self.active = self.branch_sampler.sample(self.epoch)
+        else:
+            self.active = bare.branch_names
+        bare.set_active_branches(self.active)
+        if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
+            self.train_sampler.set_epoch(self.epoch)
+        self.set_model_mode("train")
+        frozen = self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
+        meters = MetricMeter()
+        self.num_batches = len(self.train_loader)
+        start = time.time()
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
+            disable=not (self.is_main and sys.stderr.isatty()),
+            leave=False,
+        )
+        for self.batch_idx, data in enumerate(bar):
+            summary = self.forward_backward(data)
+            meters.update(summary)
+            bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}")
+            if self.writer is not None and self.is_main:
+                n_iter = self.epoch * self.num_batches + self.batch_idx
+                for name, value in summary.items():
+                    self.writer.add_scalar(f"Train/{name}", value, n_iter)
+                self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
+        lr = self.get_current_lr()
+        self.update_lr()
+        record = {"epoch": self.epoch + 1, "lr": lr, "frozen": bool(frozen)}
+        record.update({k: m.avg for k, m in meters.meters.items()})
+        record["active"] = list(self.active)
+        record["seconds"] = time.time() - start
+        self.history.append(record)
+        if self.is_main:
+            terms = "  ".join(
+                f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "ce/"))
+            )
+            accs = "  ".join(f"{k} {v:.1f}" for k, v in record.items() if k.startswith("acc/"))
+            print(
+                f"epoch {self.epoch + 1}/{self.max_epoch}  {terms}  {accs}  lr {lr:.2e}  "
+                f"{'[backbone frozen]  ' if frozen else ''}{record['seconds']:.0f}s",
+                flush=True,
+            )
+            if self.save_dir is not None:
+                self._write_checkpoint(self.epoch + 1)
+
+    def run(self, save_dir="log", max_epoch=0, start_epoch=0, **kwargs):
+        """torchreid's ``Engine.run`` plus the curves and ranked-results PNGs at the end."""
+        self.save_dir = Path(save_dir)
+        if not self.is_main:
+            self.writer = None
+        elif self.writer is None and not kwargs.get("test_only"):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(save_dir))
+        super().run(save_dir=str(save_dir), max_epoch=max_epoch, start_epoch=start_epoch, **kwargs)
+        if self.is_main:
+            if self.history:
+                plot_training_curves(self.history, self.save_dir / "training_curves.png")
+            if self._last_eval is not None and self.vis_queries > 0:
+                self.write_ranked_png(self.save_dir / "ranked_results.png")
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def _evaluate(
+        self,
+        dataset_name="",
+        query_loader=None,
+        gallery_loader=None,
+        dist_metric="euclidean",
+        normalize_feature=False,
+        ranks=(1, 5, 10, 20),
+        rerank=False,
+        **_unused,
+    ):
+        bare = unwrap(self.model)
+        branches = tuple(bare.branch_names) if self.per_branch else (MAIN,)
+        show = self.is_main and sys.stderr.isatty()
+        qf, q_pids, q_camids, q_paths = extract_loader_features(
+            self.model, query_loader, branches, "query features" if show else None
+        )
+        gf, g_pids, g_camids, g_paths = extract_loader_features(
+            self.model, gallery_loader, branches, "gallery features" if show else None
+        )
+        metric = "cosine" if normalize_feature else dist_metric
+        max_rank = max(50, max(ranks))
+        table = {}
+        for branch in branches:
+            res = evaluate(
+                qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
+                metric=metric, max_rank=max_rank, rerank=rerank,
+            )  # fmt: skip
+            table[branch] = {
+                "mAP": float(res["mAP"]),
+                "mINP": float(res["mINP"]),
+                **{f"rank{r}": float(res["cmc"][r - 1]) for r in ranks},
+                "num_valid_queries": int(res["num_valid_queries"]),
+            }
+        self.results[dataset_name] = table
+        self._last_eval = (qf[MAIN], gf[MAIN], q_pids, g_pids, q_camids, g_camids, q_paths, g_paths)
+        main = table[MAIN]
+        if self.is_main:
+            print(format_results(dataset_name, table, ranks, metric, rerank))
+            if self.history and self.history[-1]["epoch"] == self.epoch + 1:
+                self.history[-1].update(
+                    {"test/mAP": 100 * main["mAP"], "test/rank1": 100 * main["rank1"]}
+                )
+            if self.writer is not None:
+                for branch, row in table.items():
+                    for key in ("mAP", "mINP", "rank1"):
+                        self.writer.add_scalar(
+                            f"Test/{dataset_name}/{branch}/{key}", row[key], self.epoch
+                        )
+        return main["rank1"], main["mAP"]
+
+    def write_ranked_png(self, path) -> Path:
+        """Top-k gallery images for a spread of queries from the last evaluation."""
+        qf, gf, q_pids, g_pids, q_camids, g_camids, q_paths, g_paths = self._last_eval
+        n = min(self.vis_queries, len(q_paths))
+        picks = np.linspace(0, len(q_paths) - 1, n).astype(int)
+        q = qf[picks]
+        dist = torch.cdist(q, gf).pow(2)
+        # Same protocol as the metrics: hide same-identity images from the query's camera.
+        junk = (g_pids[None, :] == q_pids[picks, None]) & (
+            g_camids[None, :] == q_camids[picks, None]
+        )
+        dist[torch.from_numpy(junk)] = float("inf")
+        k = min(self.vis_topk, len(g_paths))
+        d, idx = dist.topk(k, dim=1, largest=False)
+        idx = idx.numpy()
+        matches = g_pids[idx] == q_pids[picks, None]
+        return plot_ranked_results(
+            [q_paths[i] for i in picks], g_paths, idx, matches, path, distances=d.numpy()
+        )
+
+    # -------------------------------------------------------------- checkpoints
+    def save_model(self, epoch, rank1, save_dir, is_best=False):
+        if self.is_main:
+            self._write_checkpoint(epoch + 1)
+
+    def _write_checkpoint(self, epochs_done: int) -> Path:
+        return save_checkpoint(
+            Path(self.save_dir) / CHECKPOINT,
+            self.model,
+            self.model_name,
+            epochs_done,
+            config=self.config,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            metrics=self.results,
+            history=self.history,
+        )
+
+
+def format_results(name: str, table: Mapping, ranks, metric: str, rerank: bool) -> str:
+    """A small text table: one row per branch."""
+    head = f"{'branch':<8}{'mAP':>7}{'mINP':>7}" + "".join(f"{'R' + str(r):>7}" for r in ranks)
+    lines = [
+        f"** {name}: {metric} distance{', re-ranked' if rerank else ''}, "
+        f"{next(iter(table.values()))['num_valid_queries']} valid queries **",
+        head,
+    ]
+    for branch, row in table.items():
+        cells = [row["mAP"], row["mINP"], *(row[f"rank{r}"] for r in ranks)]
+        lines.append(f"{branch:<8}" + "".join(f"{100 * v:>7.1f}" for v in cells))
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""Training checkpoints: self-describing, atomic, and loadable with ``weights_only=True``.
+
+A checkpoint holds everything needed to rebuild and resume: the registry name, class
+count and constructor arguments of the model, its state dict, the resolved config,
+the number of finished epochs, optimizer and scheduler state, and metrics/history.
+Only tensors and plain Python values are stored, so ``torch.load(path,
+weights_only=True)`` (the torch >= 2.6 default) reads it without unpickling code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import DHMNet, build_model
+from ..models.weights import strip_prefix
+from .io import atomic_write
+
+FORMAT = "reid_dhm.checkpoint/1"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside (Distributed)DataParallel wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+def to_plain(obj: Any) -> Any:
+    """Tensors and plain Python values only (numpy scalars/arrays and tuples converted)."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, Mapping):
+        return (
+            type(obj)((k, to_plain(v)) for k, v in obj.items())
+            if isinstance(obj, dict)
+            else {k: to_plain(v) for k, v in obj.items()}
+        )
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    model_name: str,
+    epoch: int,
+    config: Mapping | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    **extra: Any,
+) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename over ``path``).
+
+    Args:
+        model: the (possibly DDP-wrapped) model; saved without ``module.`` prefixes.
+        model_name: its registry name, so :func:`model_from_checkpoint` can rebuild it.
+        epoch: finished epochs (``--resume`` continues with the next one).
+        **extra: more plain values, e.g. ``metrics=...``, ``history=...``.
+    """
+    bare = unwrap(model)
+    if not isinstance(bare, DHMNet):
+        raise TypeError(f"save_checkpoint expects a reid_dhm model, got {type(bare).__name__}")
+    kwargs = {k: v for k, v in bare.init_kwargs.items() if k != "num_classes"}
+    state = {
+        "format": FORMAT,
+        "model_name": model_name,
+        "num_classes": bare.num_classes,
+        "model_kwargs": kwargs,
+        "branches": list(bare.branch_names),
+        "state_dict": bare.state_dict(),
+        "epoch": int(epoch),
+        "config": dict(config) if config is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        **extra,
+    }
+    atomic_write(path, lambda tmp: torch.save(to_plain(state), tmp))
+    return Path(path)
+
+
+def _numpy_safe_globals() -> list:
+    # torchreid's own checkpoints store numpy scalars (e.g. rank1); allow exactly those types.
+    types = [np.dtype, np.ndarray, type(np.dtype("float64")), type(np.dtype("float32"))]
+    try:
+        types.append(np._core.multiarray.scalar)
+        types.append(np._core.multiarray._reconstruct)
+    except AttributeError:  # numpy < 2
+        types.append(np.core.multiarray.scalar)
+        types.append(np.core.multiarray._reconstruct)
+    return types
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; clear one-line errors for bad files.
+
+    Also reads torchreid checkpoints (numpy scalars are allowed explicitly) and bare
+    state dicts (returned as ``{'state_dict': ...}``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} is not a checkpoint (it holds a {type(obj).__name__})")
+    if "state_dict" not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {"state_dict": obj}
+    if "state_dict" not in obj:
+        raise ValueError(f"{path} holds no 'state_dict'")
+    obj = dict(obj)
+    obj["state_dict"] = strip_prefix(obj["state_dict"], "module.")
+    obj["path"] = str(path)
+    return obj
+
+
+def model_from_checkpoint(
+    checkpoint: str | os.PathLike | Mapping,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    **model_kwargs: Any,
+) -> DHMNet:
+    """Rebuild the model a checkpoint was trained with and load its weights (strict).
+
+    For checkpoints written by other tools (torchreid's, bare state dicts) pass
+    ``model_name`` (and ``num_classes`` if the classifier size cannot be inferred).
+    """
+    ckpt = load_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else checkpoint
+    where = ckpt.get("path", "the checkpoint")
+    name = model_name or ckpt.get("model_name")
+    if name is None:
+        raise ValueError(
+            f"{where} does not say which model it holds (not a reid_dhm checkpoint); "
+            "pass model_name=..."
+        )
+    state = ckpt["state_dict"]
+    if num_classes is None:
+        num_classes = ckpt.get("num_classes")
+    if num_classes is None and "classifier.weight" in state:
+        num_classes = int(state["classifier.weight"].shape[0])
+    if num_classes is None:
+        raise ValueError(f"{where}: cannot tell the class count; pass num_classes=...")
+    kwargs = dict(ckpt.get("model_kwargs") or {}) if name == ckpt.get("model_name") else {}
+    kwargs.update(model_kwargs)
+    model = build_model(name, int(num_classes), **kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{where} does not fit model {name!r}: {first}") from None
+    return model

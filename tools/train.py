@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Train (or evaluate) a DHM model.
+
+    python tools/train.py --dataset synthreid                     # quickstart, CPU, minutes
+    python tools/train.py --dataset market1501 --root reid-data   # the paper's R50 recipe
+    python tools/train.py --config configs/market1501/r50_dsl.yaml optim.lr=0.001
+    python tools/train.py --dataset market1501 --resume log/.../checkpoint.pth
+    python tools/train.py --dataset market1501 --eval-only --resume log/.../checkpoint.pth
+
+Resolution order: defaults < dataset preset < --config < KEY=VALUE overrides
+(dotted keys; unknown keys are errors). The resolved config is written beside the
+checkpoint as config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import (
+    ConfigError,
+    UsageError,
+    default_output_dir,
+    fail,
+    is_main_process,
+    model_kwargs,
+    reid_data_kwargs,
+    write_config,
+)
+
+from reid_dhm.config import PRESETS, resolve_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument("--dataset", help=f"one of {sorted(PRESETS)}")
+    p.add_argument("--config", help="YAML file with any config sections")
+    p.add_argument("--root", help="data root (folder: the Market-layout folder itself)")
+    p.add_argument("--output-dir", help="where checkpoints, logs and plots go")
+    p.add_argument("--resume", help="checkpoint to continue from (or to evaluate)")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate --resume")
+    p.add_argument(
+        "--no-pretrained", action="store_true", help="train from scratch, no ImageNet weights"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=0.001")
+    return p
+
+
+def resolve(args) -> dict:
+    overrides = list(args.overrides)
+    if args.root is not None:
+        overrides.append(f"data.root={args.root}")
+    if args.no_pretrained:
+        overrides.append("model.pretrained=false")
+    cfg = resolve_config(args.dataset, args.config, overrides)
+    if args.output_dir is not None:
+        cfg["output_dir"] = args.output_dir
+    if cfg["output_dir"] is None:
+        cfg["output_dir"] = str(default_output_dir(cfg))
+    return cfg
+
+
+def build_reid_model(cfg: dict, num_classes: int):
+    from reid_dhm.models import build_model
+
+    pretrained = cfg["model"]["pretrained"]
+    try:
+        return build_model(
+            cfg["model"]["name"], num_classes, pretrained=pretrained, **model_kwargs(cfg)
+        )
+    except FileNotFoundError as err:
+        if pretrained is not True:
+            raise
+        raise UsageError(
+            f"{err}. The paper's recipe starts from ImageNet weights; to train from scratch "
+            "instead, pass --no-pretrained (or model.pretrained=false)."
+        ) from None
+    except TypeError as err:
+        raise UsageError(f"model.kwargs: {err}") from None
+
+
+def run_reid(cfg: dict, args) -> dict:
+    import torch
+
+    from reid_dhm.data.reid_manager import build_reid_datamanager
+    from reid_dhm.engines.optim import build_optimizer, build_scheduler
+    from reid_dhm.engines.reid_engine import DHMReIDEngine
+    from reid_dhm.losses import BranchSampler, DHMLoss
+    from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from reid_dhm.utils.device import resolve_device, seed_everything
+    from reid_dhm.utils.io import atomic_write, atomic_write_text
+
+    out = Path(cfg["output_dir"])
+    train, test = cfg["train"], cfg["test"]
+    seed_everything(train["seed"])
+    device = resolve_device(train["device"])
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    kwargs = reid_data_kwargs(cfg)
+    kwargs["use_gpu"] = device.type == "cuda"
+    manager = build_reid_datamanager(**kwargs)
+
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt)
+        if model.num_classes != manager.num_train_pids:
+            raise UsageError(
+                f"{args.resume} was trained on {model.num_classes} identities but "
+                f"{cfg['data']['dataset']} has {manager.num_train_pids}"
+            )
+        model_name = ckpt["model_name"]
+    else:
+        model = build_reid_model(cfg, manager.num_train_pids)
+        model_name = cfg["model"]["name"]
+    model = model.to(device)
+
+    criterion = DHMLoss(
+        mode=cfg["loss"]["mode"],
+        direction=cfg["loss"]["direction"],
+        label_smooth=cfg["loss"]["label_smooth"],
+        temperature=cfg["loss"]["temperature"],
+        ce_weights=cfg["loss"]["ce_weights"],
+        kl_weight=cfg["loss"]["kl_weight"],
+    )
+    bs = cfg["branch_sampling"]
+    sampler = BranchSampler(model.branch_names, bs["policy"], bs["p"], bs["seed"])
+    optimizer = build_optimizer(model, **cfg["optim"])
+    scheduler = build_scheduler(optimizer, max_epoch=train["max_epoch"], **cfg["scheduler"])
+    start_epoch, history = 0, []
+    if ckpt is not None and not args.eval_only:
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = int(ckpt.get("epoch", 0))
+        history = list(ckpt.get("history") or [])
+        print(f"=> resuming {args.resume} after epoch {start_epoch}")
+
+    engine = DHMReIDEngine(
+        manager,
+        model,
+        optimizer,
+        criterion,
+        scheduler=scheduler,
+        branch_sampler=sampler,
+        model_name=model_name,
+        config=cfg,
+        per_branch=test["per_branch"],
+        vis_queries=test["vis_queries"],
+        vis_topk=test["vis_topk"],
+        history=history,
+        is_main_process=is_main_process(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, out)
+    engine.run(
+        save_dir=str(out),
+        max_epoch=train["max_epoch"],
+        start_epoch=start_epoch,
+        print_freq=train["print_freq"],
+        fixbase_epoch=train["fixbase_epoch"],
+        open_layers=list(model.new_module_names()),
+        eval_freq=train["eval_freq"],
+        test_only=args.eval_only,
+        dist_metric=test["metric"],
+        normalize_feature=test["normalize_feature"],
+        ranks=test["ranks"],
+        rerank=test["rerank"],
+    )
+    if is_main_process():
+        if not args.eval_only:
+            deployed = model.deploy().cpu().state_dict()
+            atomic_write(out / "deployed.pth", lambda tmp: torch.save(deployed, tmp))
+        results = {"dataset": cfg["data"]["dataset"], "model": model_name, **engine.results}
+        atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    return engine.results
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.eval_only and not args.resume:
+        return fail("--eval-only needs --resume CHECKPOINT")
+    try:
+        cfg = resolve(args)
+    except ConfigError as err:
+        return fail(str(err))
+    start = time.time()
+    try:
+        if cfg["task"] == "reid":
+            run_reid(cfg, args)
+        else:
+            from train_classification import run_classification
+
+            run_classification(cfg, args)
+    except (UsageError, ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("REID_DHM_DEBUG"):
+            raise
+        return fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if is_main_process():
+        print(f"done in {time.time() - start:.0f} s; outputs in {cfg['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
