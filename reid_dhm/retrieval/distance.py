@@ -15,26 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .validate import check_metric
+from .validate import check_metric, squared_norms
 
 # Same floor as torch.nn.functional.normalize, so zero vectors map to distance 1.
 _NORM_EPS = 1e-12
-
-
-def check_not_overflowing(sq_norms: Tensor, name: str) -> None:
-    """Raise if a squared norm overflowed float32 (its distances would be inf / NaN)."""
-    bad = (~torch.isfinite(sq_norms)).nonzero()
-    if bad.numel():
-        raise ValueError(f"{name} row {int(bad[0, 0])} has values too large for float32 distances")
-
-
-def squared_norms(x: Tensor) -> Tensor:
-    """(N,) sum of squares of the rows of ``x`` (N, D), as row-wise dot products.
-
-    Exact for small integer-valued features (so their distances tie exactly), and
-    without the (N, D) temporary of ``x.pow(2).sum(1)``.
-    """
-    return torch.einsum("ij,ij->i", x, x)
 
 
 class DistanceBlocks:
@@ -43,19 +27,19 @@ class DistanceBlocks:
     Args:
         gf: gallery features, (G, D) float32, on the compute device.
         metric: ``'euclidean'`` or ``'cosine'``.
+        sq_norms: (G,) squared row norms of ``gf`` if already known.
     """
 
-    def __init__(self, gf: Tensor, metric: str, name: str = "gf"):
+    def __init__(self, gf: Tensor, metric: str, sq_norms: Tensor | None = None):
         self.metric = check_metric(metric)
         self.gf = gf
+        sq = squared_norms(gf) if sq_norms is None else sq_norms
         if self.metric == "euclidean":
-            self._gterm = squared_norms(gf)  # (G,) |g|^2
-            check_not_overflowing(self._gterm, name)
+            self._gterm = sq  # (G,) |g|^2
         else:
             # Scale the product's columns by 1/|g| instead of normalising a copy of the
             # gallery: a 500k x 2048 gallery would need another 4 GB otherwise.
-            norms = torch.linalg.vector_norm(gf, dim=1)
-            self._gterm = norms.clamp_min(_NORM_EPS).reciprocal().neg_()  # (G,) -1/|g|
+            self._gterm = sq.sqrt().clamp_min(_NORM_EPS).reciprocal().neg_()  # (G,) -1/|g|
 
     @property
     def num_gallery(self) -> int:

@@ -56,9 +56,13 @@ class PositiveLookup:
         self.pids, self.starts, self.counts = np.unique(
             g_pids[self.order], return_index=True, return_counts=True
         )
-        # (pid, camid) pair counts, for the number of positives per query.
-        pair = np.stack([g_pids, g_camids], axis=1)
-        self._pairs, self._pair_counts = np.unique(pair, axis=0, return_counts=True)
+        # (pid, camid) pair counts, for the number of positives per query: pairs are
+        # encoded as one int64, pid rank * number of cameras + camera rank.
+        self.cams = np.unique(g_camids)
+        pid_rank = np.searchsorted(self.pids, g_pids)
+        cam_rank = np.searchsorted(self.cams, g_camids)
+        keys = pid_rank * len(self.cams) + cam_rank
+        self._pair_keys, self._pair_counts = np.unique(keys, return_counts=True)
 
     def _segments(self, q_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         seg = np.searchsorted(self.pids, q_pids).clip(max=len(self.pids) - 1)
@@ -67,18 +71,13 @@ class PositiveLookup:
 
     def num_positives(self, q_pids: np.ndarray, q_camids: np.ndarray) -> np.ndarray:
         """(Q,) number of gallery entries with the query's pid and another camera."""
-        _, same_pid = self._segments(q_pids)
-        pairs = self._pairs
-        # Lexicographic search of (pid, cam) among the sorted unique pairs.
-        lo = np.searchsorted(pairs[:, 0], q_pids, side="left")
-        hi = np.searchsorted(pairs[:, 0], q_pids, side="right")
-        same_cam = np.zeros(len(q_pids), dtype=np.int64)
-        has = hi > lo
-        for i in np.flatnonzero(has):
-            cams = pairs[lo[i] : hi[i], 1]
-            k = np.searchsorted(cams, q_camids[i])
-            if k < len(cams) and cams[k] == q_camids[i]:
-                same_cam[i] = self._pair_counts[lo[i] + k]
+        seg, same_pid = self._segments(q_pids)
+        cam = np.searchsorted(self.cams, q_camids).clip(max=len(self.cams) - 1)
+        cam_found = self.cams[cam] == q_camids
+        key = seg * len(self.cams) + cam
+        at = np.searchsorted(self._pair_keys, key).clip(max=len(self._pair_keys) - 1)
+        hit = (same_pid > 0) & cam_found & (self._pair_keys[at] == key)
+        same_cam = np.where(hit, self._pair_counts[at], 0)
         return same_pid - same_cam
 
     def block(

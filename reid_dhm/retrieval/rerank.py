@@ -256,13 +256,13 @@ class KReciprocalReranker:
         if neighbors not in ("exact", "hnsw"):
             raise ValueError(f"neighbors must be 'exact' or 'hnsw', got {neighbors!r}")
         dev = resolve_device(device, qf, gf)
-        self.qf = as_features(qf, "qf", dev)
-        self.gf = as_features(gf, "gf", dev)
+        self.qf, q_sq = as_features(qf, "qf", dev)
+        self.gf, g_sq = as_features(gf, "gf", dev)
         check_same_dim(self.qf, self.gf)
         self.metric = metric
         self.nq, self.ng = self.qf.shape[0], self.gf.shape[0]
-        self.to_q = DistanceBlocks(self.qf, metric)
-        self.to_g = DistanceBlocks(self.gf, metric)
+        self.to_q = DistanceBlocks(self.qf, metric, q_sq)
+        self.to_g = DistanceBlocks(self.gf, metric, g_sq)
         n = self.nq + self.ng
         kmax = min(self.k1 + 1, n)
         if neighbors == "exact":

@@ -48,10 +48,11 @@ def resolve_device(device: str | torch.device, *arrays) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def as_features(x, name: str, device: torch.device) -> Tensor:
-    """``x`` (N, D) as a contiguous float32 tensor on ``device``; checks shape and values.
+def as_features(x, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``x`` (N, D) as a contiguous float32 tensor on ``device``, and its squared row norms.
 
     Zero-copy for a contiguous float32 CPU array or tensor already on ``device``.
+    Raises for a bad shape, NaN/Inf, or rows whose squared norm overflows float32.
     """
     if isinstance(x, Tensor):
         t = x.detach()
@@ -69,24 +70,42 @@ def as_features(x, name: str, device: torch.device) -> Tensor:
     if t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
     t = t.to(device=device, dtype=torch.float32).contiguous()
-    check_finite(t, name)
-    return t
+    return t, finite_squared_norms(t, name)
 
 
-def check_finite(t: Tensor, name: str) -> None:
-    """Raise if ``t`` (N, D) holds NaN or Inf (or values whose row sum overflows).
+def squared_norms(x: Tensor) -> Tensor:
+    """(N,) sums of squares of the rows of ``x`` (N, D).
 
-    A row sum is NaN/Inf whenever the row holds NaN/Inf, so one cheap reduction pass
-    screens everything; only flagged rows are inspected element by element.
+    In row blocks through one reused scratch buffer, so the x*x temporary stays in
+    cache and no large temporary is allocated (several times faster than one
+    ``x.pow(2).sum(1)`` or ``einsum`` here); exact for small integer-valued features.
     """
-    bad_rows = (~torch.isfinite(t.sum(dim=1))).nonzero().flatten()
-    if bad_rows.numel() == 0:
-        return
-    row = int(bad_rows[0])
-    for r in bad_rows.tolist():
-        if not bool(torch.isfinite(t[r]).all()):
-            raise ValueError(f"{name} contains NaN or Inf values (first in row {r})")
-    raise ValueError(f"{name} row {row} has values too large for float32 distances")
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    step = max(1, (1 << 18) // max(1, x.shape[1]))
+    scratch = torch.empty((min(step, x.shape[0]), x.shape[1]), dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], step):
+        block = x[s : s + step]
+        sq = torch.mul(block, block, out=scratch[: block.shape[0]])
+        torch.sum(sq, dim=1, out=out[s : s + step])
+    return out
+
+
+def finite_squared_norms(t: Tensor, name: str) -> Tensor:
+    """Squared row norms of ``t`` (N, D); raises if ``t`` holds NaN/Inf or they overflow.
+
+    A row with NaN/Inf has a NaN/Inf squared norm, so this one pass (needed anyway for
+    the distances) screens everything; only flagged rows are inspected further.
+    """
+    sq = squared_norms(t)
+    bad_rows = (~torch.isfinite(sq)).nonzero().flatten()
+    if bad_rows.numel():
+        for r in bad_rows.tolist():
+            if not bool(torch.isfinite(t[r]).all()):
+                raise ValueError(f"{name} contains NaN or Inf values (first in row {r})")
+        raise ValueError(
+            f"{name} row {int(bad_rows[0])} has values too large for float32 distances"
+        )
+    return sq
 
 
 def check_same_dim(qf: Tensor, gf: Tensor, qname: str = "qf", gname: str = "gf") -> None:
