@@ -9,6 +9,7 @@ weights_only=True)`` (the torch >= 2.6 default) reads it without unpickling code
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import DHMNet, build_model
+from ..models import DHMNet, build_model, get_entry
 from ..models.weights import strip_prefix
 from .io import atomic_write
 
@@ -159,6 +160,11 @@ def model_from_checkpoint(
     if num_classes is None:
         raise ValueError(f"{where}: cannot tell the class count; pass num_classes=...")
     kwargs = dict(ckpt.get("model_kwargs") or {}) if name == ckpt.get("model_name") else {}
+    # init_kwargs also hold what the registry entry fixes itself (e.g. the depth bound by
+    # partial(DHMResNet, 50)); pass only what the entry's builder still accepts.
+    accepted = inspect.signature(get_entry(name).builder).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     kwargs.update(model_kwargs)
     model = build_model(name, int(num_classes), **kwargs)
     try:
