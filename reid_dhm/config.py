@@ -47,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "sampler": "random",
         "num_instances": 4,
         "combineall": False,
-        "limit": 0,  # classification: use only the first N training images (0 = all)
+        "limit": 0,  # classification: use only N training images, evenly spaced (0 = all)
+        "test_limit": 0,  # classification: evaluate on only N test images, evenly spaced (0 = all)
     },
     "loss": {
         "mode": "dhm",
@@ -81,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_freq": -1,
         "device": "auto",
         "amp": "none",
+        "sync_bn": False,  # classification under torchrun on CUDA: SyncBatchNorm over all GPUs
     },
     "test": {
         "metric": "euclidean",
@@ -113,7 +115,66 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"max_epoch": 10, "fixbase_epoch": 0, "print_freq": 10},
     },
 }
+
+# Classification recipes (DESIGN 3). Batch sizes are global: under torchrun each of N
+# processes takes batch_size / N. The dataset's own normalisation is used (norm_mean /
+# norm_std are re-ID keys); data.transforms: [] turns the paper's augmentation off.
+_CLASSIFICATION = {
+    "task": "classification",
+    "model": {"pretrained": False},  # the paper trains its classifiers from scratch
+    "loss": {"label_smooth": 0.0},
+    "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0001, "momentum": 0.9},
+    "train": {"fixbase_epoch": 0, "eval_freq": 1, "print_freq": 0},
+}
+_CIFAR_PRESET = {
+    **_CLASSIFICATION,
+    # ResNet-32 with He et al.'s CIFAR schedule: 164 epochs, /10 at 81 and 122.
+    "model": {"name": "dhm_cifar_resnet32", "pretrained": False},
+    "data": {
+        "root": "data",  # holds cifar-10-batches-py/ or cifar-100-python/
+        "height": 32,
+        "width": 32,
+        "batch_size": 128,
+        "test_batch_size": 500,
+        "workers": 2,
+    },
+    "scheduler": {"name": "multi_step", "milestones": [81, 122], "gamma": 0.1},
+    "train": {**_CLASSIFICATION["train"], "max_epoch": 164},
+}
+PRESETS["cifar100"] = _CIFAR_PRESET
+PRESETS["cifar10"] = copy.deepcopy(_CIFAR_PRESET)
+PRESETS["imagenet"] = {
+    **_CLASSIFICATION,
+    "model": {"name": "dhm_resnet50", "pretrained": False},
+    "data": {
+        "root": "data/imagenet",  # holds train/<wnid>/ and val/<wnid>/
+        "height": 224,
+        "width": 224,
+        "batch_size": 256,
+        "test_batch_size": 250,
+        "workers": 8,
+    },
+    "scheduler": {"name": "step", "step_size": 30, "gamma": 0.1},
+    "train": {**_CLASSIFICATION["train"], "max_epoch": 90, "print_freq": 100},
+}
+PRESETS["fashion-mnist"] = {
+    **_CLASSIFICATION,
+    # A small, fast recipe for CPUs (Debian's dataset-fashion-mnist files), not a paper's.
+    "model": {"name": "dhm_cifar_resnet20", "pretrained": False},
+    "data": {
+        "root": "/usr/share/datasets/fashion-mnist",
+        "height": 28,
+        "width": 28,
+        "batch_size": 128,
+        "test_batch_size": 500,
+        "workers": 2,
+    },
+    "optim": {**_CLASSIFICATION["optim"], "lr": 0.05, "weight_decay": 0.0005},
+    "scheduler": {"name": "cosine", "warmup_epochs": 1},
+    "train": {**_CLASSIFICATION["train"], "max_epoch": 15},
+}
 REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
+CLASSIFICATION_DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
 
 
 class ConfigError(ValueError):

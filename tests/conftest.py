@@ -42,3 +42,55 @@ def tiny_reid(tmp_path_factory):
         width=32,
     )
     return generate_synthreid(tmp_path_factory.mktemp("reid"), spec)
+
+
+def write_cifar10_folder(root, per_batch: int = 8, n_test: int = 20, seed: int = 0):
+    """A small CIFAR-10 folder in the real python-pickle layout (``cifar-10-batches-py/``).
+
+    Five training batches of ``per_batch`` images and a test batch of ``n_test``, as
+    protocol-2 pickles with bytes keys (like the Python 2 originals). Each class has its
+    own mean colour, so a model can learn something in a few steps.
+    """
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(30, 225, (10, 3))
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(n, label_offset):
+        labels = [(label_offset + j) % 10 for j in range(n)]
+        planes = palette[labels][:, :, None] + rng.integers(-30, 31, (n, 3, 1024))
+        data = np.clip(planes, 0, 255).astype(np.uint8).reshape(n, 3072)  # channel-major rows
+        return {
+            b"batch_label": b"generated",
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"{label_offset}_{j}.png".encode() for j in range(n)],
+        }
+
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(per_batch, i), f, protocol=2)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(n_test, 0), f, protocol=2)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer"]
+    names += [b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"num_cases_per_batch": per_batch, b"label_names": names}, f, protocol=2)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory):
+    """Root folder holding a generated ``cifar-10-batches-py/`` (40 train, 20 test images)."""
+    return write_cifar10_folder(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(scope="session")
+def make_cifar10_folder():
+    """The generator behind ``tiny_cifar10``, for tests that need their own variant."""
+    return write_cifar10_folder

@@ -1,0 +1,268 @@
+"""Classification engine and CLI on a tiny CIFAR-10 folder in the real python-pickle layout."""
+
+import json
+import pickle
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from reid_dhm import BranchSampler, DHMLoss, build_model
+from reid_dhm.data.classification import CIFAR10_MEAN, CIFAR10_STD, read_cifar
+from reid_dhm.engines.classification import (
+    ClassificationEngine,
+    TrainingDiverged,
+    check_amp,
+    topk_correct,
+)
+from reid_dhm.engines.optim import build_optimizer, build_scheduler
+from reid_dhm.utils.checkpoint import model_from_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import train as train_tool  # noqa: E402
+
+TINY = [
+    "data.batch_size=20",
+    "data.test_batch_size=8",
+    "data.workers=0",
+    "optim.lr=0.02",
+]
+
+
+def run_train(root, out, *extra):
+    argv = ["--dataset", "cifar10", "--root", str(root), "--output-dir", str(out)]
+    return train_tool.main(argv + TINY + list(extra))
+
+
+def rank_based_errors(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """Top-1 / top-5 error (%) from each target's rank: #classes scoring strictly higher."""
+    target_scores = logits[np.arange(len(targets)), targets]
+    rank = (logits > target_scores[:, None]).sum(1)
+    return 100.0 * float((rank >= 1).mean()), 100.0 * float((rank >= 5).mean())
+
+
+def independent_eval(checkpoint: Path, root: Path, branch: str = "main"):
+    """Errors of a checkpoint on the test split: raw pickle pixels normalised by hand."""
+    model = model_from_checkpoint(checkpoint).eval()
+    images, labels, _ = read_cifar("cifar10", root, train=False)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        logits = model.forward_branches(x, (branch,)).logits[branch].numpy()
+    return rank_based_errors(logits, labels)
+
+
+# ------------------------------------------------------------------------------ metrics
+@pytest.mark.parametrize("num_classes", [10, 3])
+def test_topk_correct_matches_a_rank_count(num_classes):
+    g = torch.Generator().manual_seed(num_classes)
+    logits = torch.randn(64, num_classes, generator=g)
+    targets = torch.randint(0, num_classes, (64,), generator=g)
+    counts = topk_correct(logits, targets, (1, 5)).tolist()
+    err1, err5 = rank_based_errors(logits.numpy(), targets.numpy())
+    assert counts[0] == round(64 * (1 - err1 / 100))
+    assert counts[1] == round(64 * (1 - err5 / 100))
+    if num_classes <= 5:
+        assert counts[1] == 64  # top-5 of 3 classes always hits
+
+
+# --------------------------------------------------------------------- end to end (CLI)
+def test_two_epoch_run_writes_checkpoints_best_and_correct_errors(tiny_cifar10, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--model", "dhm_cifar_resnet20", "train.max_epoch=2", "test.per_branch=true"]
+    assert run_train(tiny_cifar10, out, *args) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and "top1 err" in printed
+
+    for name in ("checkpoint.pth", "best.pth", "config.yaml", "training_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave nothing behind
+
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["model_name"] == "dhm_cifar_resnet20"
+    assert ckpt["config"]["task"] == "classification" and ckpt["num_classes"] == 10
+    assert ckpt["scheduler"]["last_epoch"] == 2 and ckpt["optimizer"]["state"]
+    history = ckpt["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for key in ("loss", "ce/main", "ce/aux1", "kl/aux1->main", "acc/aux2", "test/top1_err"):
+        assert key in history[1], key
+    assert "test/aux1/top1_err" in history[1]
+
+    # results.json = an independent evaluation of the final weights.
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "cifar10" and results["epochs"] == 2
+    final = results["final"]
+    assert set(final) == {"main", "aux1", "aux2"} and final["main"]["num_images"] == 20
+    for branch in ("main", "aux2"):
+        top1, top5 = independent_eval(out / "checkpoint.pth", tiny_cifar10, branch)
+        assert final[branch]["top1_err"] == pytest.approx(top1, abs=1e-9)
+        assert final[branch]["top5_err"] == pytest.approx(top5, abs=1e-9)
+
+    # best.pth is the first epoch with the lowest main top-1 error.
+    errors = [h["test/top1_err"] for h in history]
+    best_epoch = int(np.argmin(errors)) + 1
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert best["epoch"] == best_epoch == results["best"]["epoch"]
+    assert best["best"]["top1_err"] == pytest.approx(min(errors))
+    top1, _ = independent_eval(out / "best.pth", tiny_cifar10)
+    assert top1 == pytest.approx(min(errors), abs=1e-9)
+
+
+def test_resume_continues_at_the_saved_epoch_and_eval_only(tiny_cifar10, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--model", "cifar_resnet20", "loss.mode=baseline"]
+    assert run_train(tiny_cifar10, out, *base, "train.max_epoch=1") == 0
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    capsys.readouterr()
+    resume = ["--resume", str(out / "checkpoint.pth")]
+    assert run_train(tiny_cifar10, out, *base, "train.max_epoch=2", *resume) == 0
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "epoch 1/2" not in printed and "epoch 2/2" in printed
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    assert ckpt["scheduler"]["last_epoch"] == 2
+
+    evaluated = tmp_path / "eval"
+    assert run_train(tiny_cifar10, evaluated, *base, "--eval-only", *resume) == 0
+    assert "top1 err" in capsys.readouterr().out
+    results = json.loads((evaluated / "results.json").read_text())
+    top1, top5 = independent_eval(out / "checkpoint.pth", tiny_cifar10)
+    assert results["final"]["main"]["top1_err"] == pytest.approx(top1, abs=1e-9)
+    assert results["final"]["main"]["top5_err"] == pytest.approx(top5, abs=1e-9)
+    assert not (evaluated / "checkpoint.pth").exists()
+
+
+def test_seeds_report_mean_and_std(tiny_cifar10, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    args = ["--model", "cifar_resnet20", "loss.mode=baseline", "train.max_epoch=1"]
+    assert run_train(tiny_cifar10, out, *args, "--seeds", "2", "train.seed=7") == 0
+    assert "+-" in capsys.readouterr().out
+    summary = json.loads((out / "seeds.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == [7, 8]
+    errors = []
+    for i in range(2):
+        res = json.loads((out / f"seed{i}" / "results.json").read_text())
+        assert res["seed"] == 7 + i
+        errors.append(res["final"]["main"]["top1_err"])
+    assert summary["top1_err"]["mean"] == pytest.approx(np.mean(errors))
+    assert summary["top1_err"]["std"] == pytest.approx(np.std(errors, ddof=1))
+
+
+def _bad_pickle_root(tmp_path: Path, make_cifar10_folder) -> Path:
+    root = make_cifar10_folder(tmp_path / "bad", per_batch=2, n_test=2)
+    # Right file name, wrong layout: 100 bytes per image instead of 3 * 32 * 32.
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f, protocol=2)
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("missing", [], "cifar10 not found"),
+        ("bad_pickle", [], "must be uint8 of shape (N, 3072)"),
+        ("ok", ["--seeds", "0"], "--seeds must be at least 1"),
+        ("ok", ["train.amp=fp16", "train.device=cpu"], "amp='fp16' needs a CUDA device"),
+        ("ok", ["data.transforms=[random_erase]"], "data.transforms"),
+        ("ok", ["data.batch_size=0"], "batch size"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    case, extra, message, tiny_cifar10, make_cifar10_folder, tmp_path, capsys
+):
+    if case == "bad_pickle":
+        root = _bad_pickle_root(tmp_path, make_cifar10_folder)
+    else:
+        root = tmp_path / "nowhere" if case == "missing" else tiny_cifar10
+    code = run_train(root, tmp_path / "out", "--model", "cifar_resnet20", *extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_seeds_is_refused_for_reid(tmp_path, capsys):
+    assert train_tool.main(["--dataset", "synthreid", "--seeds", "2"]) == 2
+    assert "classification datasets only" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ engine direct
+def _tiny_engine(criterion=None, amp="none", model_name="dhm_cifar_resnet20", **kwargs):
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(12, 3, 16, 16, generator=g), torch.arange(12) % 4)
+    model = build_model(model_name, 4)
+    optimizer = build_optimizer(model, "sgd", lr=0.01, weight_decay=0.0, momentum=0.9)
+    return ClassificationEngine(
+        model,
+        criterion or DHMLoss("dhm"),
+        optimizer,
+        build_scheduler(optimizer, "constant"),
+        train_loader=DataLoader(data, batch_size=6),
+        test_loader=DataLoader(data, batch_size=6),
+        branch_sampler=BranchSampler(model.branch_names),
+        amp=amp,
+        log=lambda line: None,
+        **kwargs,
+    )
+
+
+def test_bf16_autocast_on_cpu_trains():
+    engine = _tiny_engine(amp="bf16")
+    record = engine.train_epoch(0)
+    assert np.isfinite(record["loss"]) and "kl/aux2->main" in record
+    table = engine.evaluate()
+    assert table["main"]["num_images"] == 12
+
+
+def test_amp_modes_are_checked():
+    assert check_amp("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        check_amp("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown amp mode"):
+        check_amp("fp8", torch.device("cpu"))
+
+
+def test_baseline_mode_computes_and_records_only_main():
+    engine = _tiny_engine(DHMLoss("baseline"))
+    record = engine.train_epoch(0)
+    assert record["active"] == ["main"]
+    assert not [k for k in record if k.startswith(("ce/aux", "kl/", "acc/aux"))]
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error():
+    class NaNLoss(DHMLoss):
+        def forward(self, output, targets, active=None):
+            out = super().forward(output, targets, active)
+            return OrderedDict(out, loss=out["loss"] * float("nan"))
+
+    engine = _tiny_engine(NaNLoss("dhm"))
+    with pytest.raises(TrainingDiverged, match="training diverged"):
+        engine.train_epoch(0)
+
+
+def test_eval_freq_and_best_without_save_dir():
+    engine = _tiny_engine(max_epoch=3, eval_freq=2, model_name="cifar_resnet20")
+    results = engine.run()
+    evaluated = [h["epoch"] for h in engine.history if "test/top1_err" in h]
+    assert evaluated == [2, 3]  # every 2nd epoch and always the last
+    assert results["best"]["epoch"] in evaluated and results["epochs"] == 3
+
+
+@pytest.mark.parametrize("name", ["dhm_cifar_resnet20", "resnet18", "dhm_wrn16_8"])
+def test_checkpoints_of_registry_partials_rebuild(name, tmp_path):
+    from reid_dhm.utils.checkpoint import save_checkpoint
+
+    model = build_model(name, 7)
+    save_checkpoint(tmp_path / "c.pth", model, name, 1)
+    again = model_from_checkpoint(tmp_path / "c.pth")
+    assert type(again) is type(model) and again.branch_names == model.branch_names
+    for a, b in zip(again.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
