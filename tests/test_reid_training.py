@@ -82,10 +82,14 @@ def test_resume_continues_at_the_saved_epoch(tiny_reid, tmp_path, capsys):
 
     # --eval-only evaluates the checkpoint without training.
     capsys.readouterr()
-    argv = ["--resume", str(out / "checkpoint.pth"), "--eval-only"]
+    argv = ["--resume", str(out / "checkpoint.pth"), "--eval-only", "test.per_branch=true"]
     assert run_train(tiny_reid, tmp_path / "eval", *argv) == 0
     printed = capsys.readouterr().out
     assert "mAP" in printed and "epoch 1/" not in printed
+    rows = [line.split()[0] for line in printed.splitlines() if line.startswith(("main ", "aux"))]
+    assert rows == ["main", "aux1", "aux2"]  # paper Table 5: every branch evaluated
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["folder"]) == {"main", "aux1", "aux2"}
 
 
 def _snapshot(module):

@@ -6,6 +6,8 @@
     python tools/train.py --config configs/market1501/r50_dsl.yaml optim.lr=0.001
     python tools/train.py --dataset market1501 --resume log/.../checkpoint.pth
     python tools/train.py --dataset market1501 --eval-only --resume log/.../checkpoint.pth
+    python tools/train.py --dataset cifar100 --root data --model dhm_cifar_resnet110 --seeds 5
+    torchrun --nproc_per_node 2 tools/train.py --dataset cifar100 --root data
 
 Resolution order: defaults < dataset preset < --config < KEY=VALUE overrides
 (dotted keys; unknown keys are errors). The resolved config is written beside the
@@ -47,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where checkpoints, logs and plots go")
     p.add_argument("--resume", help="checkpoint to continue from (or to evaluate)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --resume")
+    p.add_argument("--model", help="model registry name (same as model.name=NAME)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="classification: N runs with seeds train.seed+i in OUTPUT_DIR/seed<i>, mean +- std",
+    )
     p.add_argument(
         "--no-pretrained", action="store_true", help="train from scratch, no ImageNet weights"
     )
@@ -56,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> dict:
     overrides = list(args.overrides)
+    if args.model is not None:  # first, so an explicit model.name=... override still wins
+        overrides.insert(0, f"model.name={args.model}")
     if args.root is not None:
         overrides.append(f"data.root={args.root}")
     if args.no_pretrained:
@@ -184,13 +195,16 @@ def run_reid(cfg: dict, args) -> dict:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Intermixed: KEY=VALUE overrides may come before, between or after the options.
+    args = parser.parse_intermixed_args(argv)
     if args.eval_only and not args.resume:
         return fail("--eval-only needs --resume CHECKPOINT")
     try:
         cfg = resolve(args)
     except ConfigError as err:
         return fail(str(err))
+    if args.seeds is not None and cfg["task"] == "reid":
+        return fail("--seeds is available for classification datasets only")
     start = time.time()
     try:
         if cfg["task"] == "reid":
