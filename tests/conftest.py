@@ -94,3 +94,23 @@ def tiny_cifar10(tmp_path_factory):
 def make_cifar10_folder():
     """The generator behind ``tiny_cifar10``, for tests that need their own variant."""
     return write_cifar10_folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_reid, tmp_path_factory):
+    """A 1-epoch DHM-MobileNetV2 checkpoint trained on ``tiny_reid`` through tools/train.py."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import train as train_tool
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    argv = [
+        "--dataset", "folder", "--root", str(tiny_reid), "--output-dir", str(out),
+        "model.name=dhm_mobilenetv2", "model.pretrained=false", "data.height=64",
+        "data.width=32", "data.batch_size=8", "data.workers=0", "train.max_epoch=1",
+        "train.fixbase_epoch=0", "test.vis_queries=0",
+    ]  # fmt: skip
+    assert train_tool.main(argv) == 0
+    return out / "checkpoint.pth"

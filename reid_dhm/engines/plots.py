@@ -65,7 +65,7 @@ def plot_ranked_results(
     query_paths: Sequence[str],
     gallery_paths: Sequence[str],
     ranked: np.ndarray,
-    matches: np.ndarray,
+    matches: np.ndarray | None,
     path: str | os.PathLike,
     distances: np.ndarray | None = None,
     tile: tuple[int, int] = (128, 64),
@@ -76,7 +76,8 @@ def plot_ranked_results(
         query_paths: (Q,) image files of the queries shown.
         gallery_paths: all gallery image files.
         ranked: (Q, k) gallery indices in rank order.
-        matches: (Q, k) booleans, True where the gallery image has the query's identity.
+        matches: (Q, k) booleans, True where the gallery image has the query's identity
+            (green border; red otherwise), or None when identities are unknown (grey).
         distances: optional (Q, k) distances printed under each tile.
     """
     q, k = ranked.shape
@@ -93,7 +94,10 @@ def plot_ranked_results(
         draw.text((pad, y + h + 1), "query", fill=(0, 0, 0))
         for j in range(k):
             x = pad + w + gap + j * (w + pad)
-            colour = (0, 170, 0) if matches[i, j] else (220, 0, 0)
+            if matches is None:
+                colour = (90, 90, 90)
+            else:
+                colour = (0, 170, 0) if matches[i, j] else (220, 0, 0)
             sheet.paste(_thumb(gallery_paths[ranked[i, j]], tile, colour), (x, y))
             text = f"{j + 1}" if distances is None else f"{j + 1}: {distances[i, j]:.2f}"
             draw.text((x, y + h + 1), text, fill=colour)
