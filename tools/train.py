@@ -17,6 +17,8 @@ checkpoint as config.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
@@ -99,37 +101,61 @@ def build_reid_model(cfg: dict, num_classes: int):
 
 
 def run_reid(cfg: dict, args) -> dict:
+    """One re-ID training (or evaluation) run, in this process or as one torchrun rank."""
+    from reid_dhm.engines import distributed as dist
+
+    info = dist.init_distributed(cfg["train"]["device"])
+    try:
+        results = _run_reid(cfg, args, info)
+    except BaseException:
+        dist.cleanup(barrier=False)  # the other ranks may be stuck in a collective
+        raise
+    dist.cleanup()
+    return results
+
+
+def _run_reid(cfg: dict, args, info) -> dict:
     import torch
 
-    from reid_dhm.data.reid_manager import build_reid_datamanager
+    from reid_dhm.data.reid_manager import build_reid_datamanager, prepare_reid_dataset
+    from reid_dhm.engines import distributed as dist
     from reid_dhm.engines.optim import build_optimizer, build_scheduler
     from reid_dhm.engines.reid_engine import DHMReIDEngine
+    from reid_dhm.engines.reid_loaders import reid_train_loader
     from reid_dhm.losses import BranchSampler, DHMLoss
     from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
-    from reid_dhm.utils.device import resolve_device, seed_everything
+    from reid_dhm.utils.device import seed_everything
     from reid_dhm.utils.io import atomic_write, atomic_write_text
 
     out = Path(cfg["output_dir"])
-    train, test = cfg["train"], cfg["test"]
+    train, test, data = cfg["train"], cfg["test"], cfg["data"]
     seed_everything(train["seed"])
-    device = resolve_device(train["device"])
     ckpt = load_checkpoint(args.resume) if args.resume else None
     kwargs = reid_data_kwargs(cfg)
-    kwargs["use_gpu"] = device.type == "cuda"
-    manager = build_reid_datamanager(**kwargs)
+    kwargs["use_gpu"] = info.device.type == "cuda"
+    if info.distributed:
+        if info.is_main:  # synthreid is drawn once, by rank 0, before anyone reads it
+            prepare_reid_dataset(data["dataset"], data["root"])
+        dist.barrier()
+    # torchreid prints data set summaries; only rank 0 speaks.
+    with contextlib.redirect_stdout(sys.stdout if info.is_main else io.StringIO()):
+        manager = build_reid_datamanager(**kwargs)
+    train_sampler = reid_train_loader(
+        manager, data["batch_size"], data["sampler"], data["num_instances"], train["seed"]
+    )
 
     if ckpt is not None:
         model = model_from_checkpoint(ckpt)
         if model.num_classes != manager.num_train_pids:
             raise UsageError(
                 f"{args.resume} was trained on {model.num_classes} identities but "
-                f"{cfg['data']['dataset']} has {manager.num_train_pids}"
+                f"{data['dataset']} has {manager.num_train_pids}"
             )
         model_name = ckpt["model_name"]
     else:
         model = build_reid_model(cfg, manager.num_train_pids)
         model_name = cfg["model"]["name"]
-    model = model.to(device)
+    model = model.to(info.device)
 
     criterion = DHMLoss(
         mode=cfg["loss"]["mode"],
@@ -151,11 +177,26 @@ def run_reid(cfg: dict, args) -> dict:
             scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = int(ckpt.get("epoch", 0))
         history = list(ckpt.get("history") or [])
-        print(f"=> resuming {args.resume} after epoch {start_epoch}")
+        if info.is_main:
+            print(f"=> resuming {args.resume} after epoch {start_epoch}")
+    if info.is_main:
+        print(
+            f"=> {model_name} (branches {', '.join(model.branch_names)}), loss "
+            f"{criterion.mode}; {info.world_size} process(es) on {info.device}",
+            flush=True,
+        )
 
+    # Frozen stages, inactive branches and branches without a loss term leave parameters
+    # without gradients; DDP must then look for them (a cost, so only when it can happen).
+    unused = (
+        train["fixbase_epoch"] > start_epoch
+        or bs["policy"] != "fixed"
+        or (criterion.mode == "baseline" and len(model.branch_names) > 1)
+    )
+    wrapped = dist.wrap_model(model, find_unused_parameters=unused)
     engine = DHMReIDEngine(
         manager,
-        model,
+        wrapped,
         optimizer,
         criterion,
         scheduler=scheduler,
@@ -166,10 +207,12 @@ def run_reid(cfg: dict, args) -> dict:
         vis_queries=test["vis_queries"],
         vis_topk=test["vis_topk"],
         history=history,
-        is_main_process=is_main_process(),
+        is_main_process=info.is_main,
+        train_sampler=train_sampler,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, out)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out)
     engine.run(
         save_dir=str(out),
         max_epoch=train["max_epoch"],
@@ -184,11 +227,11 @@ def run_reid(cfg: dict, args) -> dict:
         ranks=test["ranks"],
         rerank=test["rerank"],
     )
-    if is_main_process():
+    if info.is_main:
         if not args.eval_only:
             deployed = model.deploy().cpu().state_dict()
             atomic_write(out / "deployed.pth", lambda tmp: torch.save(deployed, tmp))
-        results = {"dataset": cfg["data"]["dataset"], "model": model_name, **engine.results}
+        results = {"dataset": data["dataset"], "model": model_name, **engine.results}
         atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return engine.results
 

@@ -16,6 +16,8 @@ What it overrides, and why:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,8 +34,10 @@ from ..losses import BranchSampler, DHMLoss
 from ..models import MAIN
 from ..retrieval import evaluate
 from ..utils.checkpoint import save_checkpoint, unwrap
+from . import distributed as dist
 from .freezing import set_backbone_frozen
 from .plots import plot_ranked_results, plot_training_curves
+from .reid_loaders import sharded_eval_loader
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -144,7 +148,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         lr = self.get_current_lr()
         self.update_lr()
         record = {"epoch": self.epoch + 1, "lr": lr, "frozen": bool(frozen)}
-        record.update({k: m.avg for k, m in meters.meters.items()})
+        record.update(epoch_means(meters))
         record["active"] = list(self.active)
         record["seconds"] = time.time() - start
         self.history.append(record)
@@ -165,12 +169,19 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         """torchreid's ``Engine.run`` plus the curves and ranked-results PNGs at the end."""
         self.save_dir = Path(save_dir)
         if not self.is_main:
-            self.writer = None
+            self.writer = _NullWriter()  # torchreid would open a second event file
         elif self.writer is None and not kwargs.get("test_only"):
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(save_dir))
-        super().run(save_dir=str(save_dir), max_epoch=max_epoch, start_epoch=start_epoch, **kwargs)
+        # torchreid's loop prints progress lines; only rank 0 speaks.
+        quiet = (
+            contextlib.nullcontext() if self.is_main else contextlib.redirect_stdout(io.StringIO())
+        )
+        with quiet:
+            super().run(
+                save_dir=str(save_dir), max_epoch=max_epoch, start_epoch=start_epoch, **kwargs
+            )
         if self.is_main:
             if self.history:
                 plot_training_curves(self.history, self.save_dir / "training_curves.png")
@@ -193,12 +204,13 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         bare = unwrap(self.model)
         branches = tuple(bare.branch_names) if self.per_branch else (MAIN,)
         show = self.is_main and sys.stderr.isatty()
-        qf, q_pids, q_camids, q_paths = extract_loader_features(
-            self.model, query_loader, branches, "query features" if show else None
-        )
-        gf, g_pids, g_camids, g_paths = extract_loader_features(
-            self.model, gallery_loader, branches, "gallery features" if show else None
-        )
+        # Every process embeds its shard with rank 0's BN statistics (those checkpointed);
+        # rank 0 gathers the features in data-set order and ranks them.
+        dist.broadcast_buffers(bare)
+        qf, q_pids, q_camids, q_paths = self._features(query_loader, branches, show, "query")
+        gf, g_pids, g_camids, g_paths = self._features(gallery_loader, branches, show, "gallery")
+        if not self.is_main:
+            return 0.0, 0.0
         metric = "cosine" if normalize_feature else dist_metric
         max_rank = max(50, max(ranks))
         table = {}
@@ -229,6 +241,21 @@ class DHMReIDEngine(ImageSoftmaxEngine):
                             f"Test/{dataset_name}/{branch}/{key}", row[key], self.epoch
                         )
         return main["rank1"], main["mAP"]
+
+    def _features(self, loader, branches, show: bool, what: str):
+        """(features by branch, pids, camids, paths) of a whole test loader, any process count."""
+        if dist.world_size() == 1:
+            return extract_loader_features(
+                self.model, loader, branches, f"{what} features" if show else None
+            )
+        local, _, _, _ = extract_loader_features(
+            self.model, sharded_eval_loader(loader), branches, f"{what} features" if show else None
+        )
+        feats = {b: dist.gather_concat(v) for b, v in local.items()}
+        items = loader.dataset.data  # (path, pid, camid, dsetid); shards keep this order
+        pids = np.asarray([it[1] for it in items])
+        camids = np.asarray([it[2] for it in items])
+        return feats, pids, camids, [it[0] for it in items]
 
     def write_ranked_png(self, path) -> Path:
         """Top-k gallery images for a spread of queries from the last evaluation."""
@@ -267,6 +294,24 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             metrics=self.results,
             history=self.history,
         )
+
+
+class _NullWriter:
+    """Stands in for TensorBoard's SummaryWriter on ranks that must not write."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def epoch_means(meters: MetricMeter) -> dict[str, float]:
+    """Per-epoch averages of every logged term, over all processes' batches."""
+    sums = {f"sum/{k}": m.sum for k, m in meters.meters.items()}
+    sums.update({f"count/{k}": m.count for k, m in meters.meters.items()})
+    total = dist.all_reduce_dict(sums)
+    return {k: total[f"sum/{k}"] / max(total[f"count/{k}"], 1) for k in meters.meters}
 
 
 def format_results(name: str, table: Mapping, ranks, metric: str, rerank: bool) -> str:

@@ -1,0 +1,122 @@
+"""Training and evaluation loaders of a torchreid data manager, for 1 or N processes.
+
+torchreid's ``RandomSampler`` / ``RandomIdentitySampler`` know nothing of processes
+and draw from the global RNGs, so the batch order depends on everything else that
+consumed random numbers. Here the order of an epoch depends only on (seed, epoch):
+a resumed run sees the batches the uninterrupted one would have, and N processes
+together see exactly the global batches of a single-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+from torchreid.reid.data.sampler import RandomIdentitySampler
+
+from . import distributed as dist
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed Python's and numpy's global RNGs inside the block, restore them after."""
+    py, npy = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+class BlockShardSampler(Sampler[int]):
+    """Deals a sampler's index stream to processes in blocks of one per-process batch.
+
+    The base sampler (e.g. torchreid's identity-balanced one) is drawn under RNGs seeded
+    by (seed, epoch), so every process draws the same stream; rank r of W then takes
+    blocks r, r + W, r + 2W, ... of ``block`` indices. With ``block`` = global batch / W,
+    the W per-process batches of a step form exactly the single-process global batch
+    (identity groups of ``num_instances`` stay whole when ``block`` is a multiple of it).
+    Only whole rounds of W blocks are kept, so every rank runs the same number of steps.
+    """
+
+    def __init__(self, base: Sampler, block: int, seed: int = 0):
+        self.base = base
+        self.block = int(block)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.world = dist.world_size()
+        self.rank = dist.rank() if dist.is_initialized() else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _stream(self) -> list[int]:
+        with seeded_global_rngs(self.seed * 100_003 + self.epoch):
+            return list(self.base)
+
+    def __iter__(self) -> Iterator[int]:
+        idx = self._stream()
+        round_size = self.block * self.world
+        rounds = len(idx) // round_size
+        for r in range(rounds):
+            start = r * round_size + self.rank * self.block
+            yield from idx[start : start + self.block]
+
+    def __len__(self) -> int:
+        return len(self.base) // (self.block * self.world) * self.block
+
+
+def reid_train_loader(
+    manager, batch_size: int, sampler: str = "random", num_instances: int = 4, seed: int = 0
+):
+    """Replace ``manager.train_loader`` by one whose order depends only on (seed, epoch).
+
+    Args:
+        manager: a torchreid ``ImageDataManager``.
+        batch_size: the GLOBAL batch size (split evenly over processes).
+        sampler: ``'random'`` or ``'identity'`` (``num_instances`` images per identity).
+
+    Returns:
+        The sampler; the engine calls its ``set_epoch`` every epoch.
+    """
+    old = manager.train_loader
+    dataset = old.dataset
+    per_process = dist.per_process_batch(batch_size)
+    if sampler == "identity":
+        if per_process % num_instances:
+            raise ValueError(
+                f"the per-process batch {per_process} must be a multiple of num_instances "
+                f"{num_instances} so identity groups are not split between processes"
+            )
+        base = RandomIdentitySampler(dataset.train, batch_size, num_instances)
+        chosen = BlockShardSampler(base, per_process, seed)
+    else:
+        chosen = dist.train_sampler(dataset, shuffle=True, seed=seed)
+    manager.train_loader = DataLoader(
+        dataset,
+        batch_size=per_process,
+        sampler=chosen,
+        num_workers=old.num_workers,
+        pin_memory=old.pin_memory,
+        drop_last=True,
+        persistent_workers=old.num_workers > 0,
+    )
+    return chosen
+
+
+def sharded_eval_loader(loader: DataLoader) -> DataLoader:
+    """The same query/gallery loader restricted to this process's contiguous shard."""
+    if dist.world_size() == 1:
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=dist.eval_sampler(loader.dataset),
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+    )
