@@ -171,7 +171,7 @@ PRESETS["fashion-mnist"] = {
     },
     "optim": {**_CLASSIFICATION["optim"], "lr": 0.05, "weight_decay": 0.0005},
     "scheduler": {"name": "cosine", "warmup_epochs": 1},
-    "train": {**_CLASSIFICATION["train"], "max_epoch": 15},
+    "train": {**_CLASSIFICATION["train"], "max_epoch": 10},
 }
 REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
 CLASSIFICATION_DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")

@@ -275,7 +275,7 @@ class ClassificationEngine:
             for b, z in logits.items():
                 hit = (z.detach().argmax(1) == targets).sum()
                 sums[f"acc/{b}"] = sums.get(f"acc/{b}", 0) + hit
-            if show:
+            if show and step % 10 == 0:  # reading the loss syncs with the device
                 bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}")
             if self.print_freq > 0 and (step + 1) % self.print_freq == 0 and self.is_main:
                 running = {k: float(v) / count for k, v in sums.items() if not k.startswith("acc")}

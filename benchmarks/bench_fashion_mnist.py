@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Baseline vs DSL vs DHM on real Fashion-MNIST with a CIFAR-style ResNet-20, several seeds.
+
+Every method runs through ``tools/train.py --dataset fashion-mnist --seeds N`` with
+the same budget (training subset, epochs, optimizer, schedule with warm-up); only
+the model's branch set and the loss mode differ:
+
+* baseline: ``cifar_resnet20`` (no auxiliary branch), CE on the main branch;
+* DSL: ``dhm_cifar_resnet20``, CE on main + aux1 + aux2;
+* DHM: ``dhm_cifar_resnet20``, CE on every branch + bidirectional KL mimicking.
+
+Reported: the main branch's top-1 error on the full 10k test set after the last
+epoch, mean +- sample std over seeds, and the wall time per method (the machine
+may be shared: times are indicative only). Needs Debian's ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``).
+
+    python benchmarks/bench_fashion_mnist.py                    # ~30 min on 2 CPU cores
+    python benchmarks/bench_fashion_mnist.py --limit 2000 --epochs 1 --seeds 1   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+METHODS = {
+    "baseline": ["--model", "cifar_resnet20", "loss.mode=baseline"],
+    "dsl": ["--model", "dhm_cifar_resnet20", "loss.mode=dsl"],
+    "dhm": ["--model", "dhm_cifar_resnet20", "loss.mode=dhm"],
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 1..N)")
+    p.add_argument("--limit", type=int, default=10000, help="training images (evenly spaced)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=1, help="linear warm-up epochs")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--output-dir", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+    args = p.parse_args(argv)
+
+    import train as train_tool
+
+    common = [
+        "--root", args.root,
+        f"data.limit={args.limit}", "data.workers=0",  # 2 cores: loading in-line
+        f"train.max_epoch={args.epochs}", "train.eval_freq=0", "train.seed=1",
+        f"optim.lr={args.lr}", "scheduler.name=cosine", f"scheduler.warmup_epochs={args.warmup}",
+    ]  # fmt: skip
+    tmp = tempfile.TemporaryDirectory() if args.output_dir is None else None
+    out = Path(args.output_dir or tmp.name)
+    summary = {}
+    for method in args.methods:
+        start = time.time()
+        code = train_tool.main(
+            ["--dataset", "fashion-mnist", "--output-dir", str(out / method),
+             "--seeds", str(args.seeds), *common, *METHODS[method]]
+        )  # fmt: skip
+        if code != 0:
+            print(f"{method}: tools/train.py exited with {code}", file=sys.stderr)
+            return code
+        seeds = json.loads((out / method / "seeds.json").read_text())
+        summary[method] = {
+            "top1_err": seeds["top1_err"],
+            "top5_err": seeds["top5_err"],
+            "runs": [r["top1_err"] for r in seeds["runs"]],
+            "seconds": time.time() - start,
+        }
+
+    setting = (
+        f"Fashion-MNIST, {args.limit} training images, full 10k test set, ResNet-20, "
+        f"{args.epochs} epochs, batch 128, SGD 0.9 lr {args.lr} wd 5e-4, cosine with "
+        f"{args.warmup} warm-up epoch(s), {args.seeds} seed(s)"
+    )
+    lines = [
+        setting,
+        "",
+        "| method | top-1 error (%) | top-5 error (%) | per-seed top-1 | wall time |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, s in summary.items():
+        t1, t5 = s["top1_err"], s["top5_err"]
+        runs = ", ".join(f"{v:.2f}" for v in s["runs"])
+        lines.append(
+            f"| {method} | {t1['mean']:.2f} +- {t1['std']:.2f} | {t5['mean']:.2f} +- "
+            f"{t5['std']:.2f} | {runs} | {s['seconds'] / 60:.1f} min |"
+        )
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setting": setting, **summary}, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
