@@ -40,6 +40,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "onnx", "onnxruntime", "cython"],
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest", "ruff", "cython", "onnx", "onnxscript", "onnxruntime"],
     },
 )
