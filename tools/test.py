@@ -65,7 +65,7 @@ def evaluate_checkpoint(args) -> dict:
         batch_size=1,
         test_batch_size=args.batch_size,
         workers=args.workers,
-        use_gpu=device.type == "cuda",
+        pin_memory=device.type == "cuda",
     )
     branches = model.branch_names if args.per_branch else ("main",)
     show = "features" if sys.stderr.isatty() else None

@@ -132,7 +132,7 @@ def _run_reid(cfg: dict, args, info) -> dict:
     seed_everything(train["seed"])
     ckpt = load_checkpoint(args.resume) if args.resume else None
     kwargs = reid_data_kwargs(cfg)
-    kwargs["use_gpu"] = info.device.type == "cuda"
+    kwargs["pin_memory"] = info.device.type == "cuda"
     if info.distributed:
         if info.is_main:  # synthreid is drawn once, by rank 0, before anyone reads it
             prepare_reid_dataset(data["dataset"], data["root"])

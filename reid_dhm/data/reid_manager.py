@@ -95,7 +95,7 @@ def build_reid_datamanager(
     sampler: str = "random",
     num_instances: int = 4,
     combineall: bool = False,
-    use_gpu: bool = False,
+    pin_memory: bool = False,
     synthreid: SynthReIDSpec | None = None,
 ) -> ImageDataManager:
     """A torchreid ``ImageDataManager`` for one of ``REID_DATASETS``.
@@ -107,7 +107,7 @@ def build_reid_datamanager(
         transforms: torchreid training transforms; ``random_crop`` resizes 1.125x larger
             and crops back (the paper's "resize larger + random crop").
         sampler: ``random`` or ``identity`` (``num_instances`` images per identity).
-        use_gpu: pin host memory for GPU training.
+        pin_memory: pin host memory (faster copies to a GPU).
 
     Returns:
         The data manager, its ``train_loader`` and ``test_loader`` ready.
@@ -129,7 +129,7 @@ def build_reid_datamanager(
         transforms=list(transforms),
         norm_mean=list(norm_mean),
         norm_std=list(norm_std),
-        use_gpu=use_gpu,
+        use_gpu=pin_memory,  # torchreid uses this flag only to pin loader memory
         combineall=combineall,
         batch_size_train=batch_size,
         batch_size_test=test_batch_size,
