@@ -2,8 +2,8 @@
 
 Distances (float32):
 
-* ``'euclidean'``: squared L2, ``|q|^2 + |g|^2 - 2 q.g`` (as torchreid's
-  ``compute_distance_matrix``; same ranking as true L2).
+* ``'euclidean'``: squared L2, ``|q|^2 + |g|^2 - 2 q.g`` computed in the same order as
+  torchreid's ``compute_distance_matrix`` (same ranking as true L2).
 * ``'cosine'``: ``1 - cos(q, g)``; a zero vector has cosine 0 to everything.
 
 The gallery is never copied: its norms are precomputed once and each block is one
@@ -50,9 +50,13 @@ class DistanceBlocks:
         if out is not None:
             out = out[: q.shape[0]]
         if self.metric == "euclidean":
-            # -2 is a power of two, so scaling q first is exact and saves a pass over s.
-            s = torch.mm(q * -2.0, self.gf.T, out=out)
-            return s.add_(self._gterm).add_(squared_norms(q)[:, None])
+            # Same operation order as torchreid's compute_distance_matrix, (|q|^2 + |g|^2)
+            # then addmm with alpha=-2, so the float32 distances match it bit for bit.
+            qterm = squared_norms(q)[:, None]
+            if out is None:
+                out = torch.empty((q.shape[0], self.gf.shape[0]), device=q.device)
+            torch.add(qterm, self._gterm[None, :], out=out)
+            return out.addmm_(q, self.gf.T, beta=1.0, alpha=-2.0)
         qnorm = torch.linalg.vector_norm(q, dim=1, keepdim=True)
         qhat = q * qnorm.clamp_min(_NORM_EPS).reciprocal()
         s = torch.mm(qhat, self.gf.T, out=out)
