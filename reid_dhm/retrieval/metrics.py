@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .distance import DistanceBlocks
-from .ranking import BYTES_PER_CANDIDATE, PositiveLookup, positive_ranks
+from .ranking import BYTES_PER_ENTRY, PositiveLookup, positive_ranks
 from .validate import (
     as_features,
     as_labels,
@@ -32,7 +32,7 @@ from .validate import (
 )
 
 # Default working memory beside the features: 3/4 for the (B, G) float32 distance
-# block, 1/4 for the candidates being binary-searched. 1 GiB keeps Market-1501 (15,913
+# block, 1/4 for scanning it for candidates. 1 GiB keeps Market-1501 (15,913
 # gallery) in one block and gives ~370-query blocks for a 515k gallery: the matrix
 # product measured ~25% slower with ~190-row blocks and within noise of its best from
 # ~400 rows on.
@@ -73,33 +73,28 @@ def chunk_rows(
     return max(1, memory_budget * 3 // 4 // (4 * num_gallery * blocks))
 
 
-def candidate_bound(memory_budget: int) -> int:
-    """Distance entries compared against their row's positives per step.
-
-    Bounded by a quarter of the memory budget (worst case: every entry is a candidate)
-    and by 2M entries: larger temporaries leave the CPU caches and get fresh pages
-    from the OS on every allocation, which measured slower.
-    """
-    return max(1, min(memory_budget // 4 // BYTES_PER_CANDIDATE, 1 << 21))
+def group_entries(memory_budget: int) -> int:
+    """Distance entries scanned for candidates at once: a quarter of the budget in the
+    worst case (every entry a candidate), at most 32M (fewer, larger steps measured
+    faster on a busy machine; beyond that the scan gains nothing)."""
+    return max(1, min(memory_budget // 4 // BYTES_PER_ENTRY, 1 << 25))
 
 
-def _row_stats(npos: Tensor, ranks: Tensor):
+def _row_stats(npos: np.ndarray, ranks: np.ndarray):
     """Per-row AP, INP (float64) and first-positive rank from ``positive_ranks``."""
-    nrows = npos.shape[0]
-    row_end = npos.cumsum(0)
+    row_end = np.cumsum(npos)
     row_start = row_end - npos
-    pos_row = torch.repeat_interleave(torch.arange(nrows, device=npos.device), npos)
-    k = torch.arange(ranks.numel(), device=npos.device) - row_start[pos_row]
-    prec = (k + 1).double() / ranks.double()
-    ap = torch.zeros(nrows, dtype=torch.float64, device=npos.device).index_add_(0, pos_row, prec)
-    ap = ap / npos.double()
-    has = npos > 0
-    first = torch.zeros(nrows, dtype=torch.int64, device=npos.device)
-    last = torch.ones(nrows, dtype=torch.int64, device=npos.device)
-    first[has] = ranks[row_start[has]]
-    last[has] = ranks[row_end[has] - 1]
-    inp = npos.double() / last.double()
-    return ap.cpu().numpy(), inp.cpu().numpy(), first.cpu().numpy()
+    pos_row = np.repeat(np.arange(npos.shape[0]), npos)
+    k = np.arange(ranks.size) - row_start[pos_row]  # 0-based index among the row's hits
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows without positives: NaN
+        ap = np.bincount(pos_row, (k + 1) / ranks, minlength=npos.shape[0]) / npos
+        has = npos > 0
+        first = np.zeros(npos.shape[0], dtype=np.int64)
+        last = np.ones(npos.shape[0], dtype=np.int64)
+        first[has] = ranks[row_start[has]]
+        last[has] = ranks[row_end[has] - 1]
+        inp = npos / last
+    return ap, inp, first
 
 
 class _Accumulator:
@@ -112,9 +107,9 @@ class _Accumulator:
         self.first = np.zeros(num_query, dtype=np.int64)
         self.valid = np.zeros(num_query, dtype=bool)
 
-    def add(self, query_idx: np.ndarray, npos: Tensor, ranks: Tensor) -> None:
+    def add(self, query_idx: np.ndarray, npos: np.ndarray, ranks: np.ndarray) -> None:
         ap, inp, first = _row_stats(npos, ranks)
-        ok = npos.cpu().numpy() > 0
+        ok = npos > 0
         idx = query_idx[ok]
         self.ap[idx], self.inp[idx], self.first[idx] = ap[ok], inp[ok], first[ok]
         self.valid[idx] = True
@@ -174,6 +169,10 @@ def evaluate(
         chunk_size: queries per block; default from ``memory_budget``.
         memory_budget: bytes of working memory beside the features (approximate).
 
+    Exactly tied distances rank by gallery order (the earlier gallery entry first), as
+    a stable sort of each row would. Memory: the features plus about
+    ``memory_budget``; no (Q, G) matrix is ever formed.
+
     Returns:
         dict with ``mAP``, ``mINP`` (floats), ``cmc`` ((max_rank,) float32),
         ``num_valid_queries`` (int), and per query ``AP``, ``INP`` ((Q,) float64, NaN
@@ -198,7 +197,7 @@ def evaluate(
     valid = _valid_queries(lookup, q_pids, q_camids)
     # Re-ranking holds a second (B, G) block (the overlap sums) beside the distances.
     rows = chunk_rows(ng, memory_budget, chunk_size, blocks=2 if rerank else 1)
-    max_cand = candidate_bound(memory_budget)
+    max_cand = group_entries(memory_budget)
     acc = _Accumulator(nq, min(max_rank, ng))
 
     with torch.inference_mode():
@@ -218,8 +217,9 @@ def evaluate(
             )
         else:
             source = DistanceBlocks(gf, metric, g_sq)
-    buf = torch.empty((min(rows, valid.size), ng), dtype=torch.float32, device=dev)
-    with torch.inference_mode():
+        # One distance buffer for all blocks: a fresh 100+ MB allocation per block
+        # would pay its page faults every time.
+        buf = torch.empty((min(rows, valid.size), ng), dtype=torch.float32, device=dev)
         for s in range(0, valid.size, rows):
             idx = valid[s : s + rows]
             if rerank:
@@ -227,7 +227,7 @@ def evaluate(
             else:
                 # Only valid queries get a distance row; the rest are skipped anyway.
                 dist = source(qf[torch.from_numpy(idx).to(dev)], out=buf)
-            gidx, is_pos, is_junk = lookup.block(q_pids[idx], q_camids[idx], dev)
+            gidx, is_pos, is_junk = lookup.block(q_pids[idx], q_camids[idx])
             npos, ranks = positive_ranks(dist, gidx, is_pos, is_junk, max_cand)
             acc.add(idx, npos, ranks)
     return acc.result()
@@ -267,7 +267,7 @@ def evaluate_distmat(
     lookup = PositiveLookup(g_pids, g_camids)
     valid = _valid_queries(lookup, q_pids, q_camids)
     rows = chunk_rows(ng, memory_budget, chunk_size)
-    max_cand = candidate_bound(memory_budget)
+    max_cand = group_entries(memory_budget)
     acc = _Accumulator(nq, min(max_rank, ng))
     with torch.inference_mode():
         for s in range(0, valid.size, rows):
@@ -275,7 +275,7 @@ def evaluate_distmat(
             block = dm[torch.from_numpy(idx).to(dm.device)].to(device=dev, dtype=torch.float32)
             if bool(torch.isnan(block).any()):
                 raise ValueError("distmat contains NaN values")
-            gidx, is_pos, is_junk = lookup.block(q_pids[idx], q_camids[idx], dev)
+            gidx, is_pos, is_junk = lookup.block(q_pids[idx], q_camids[idx])
             npos, ranks = positive_ranks(block, gidx, is_pos, is_junk, max_cand)
             acc.add(idx, npos, ranks)
     return acc.result()

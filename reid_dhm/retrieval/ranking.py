@@ -10,7 +10,7 @@ before gallery entry j in that order. Then
 (p_k itself is in bucket k). Only entries not farther than the hardest positive can
 have bucket <= m-1, so the work after the matrix product is one comparison pass over
 the block, a ``nonzero`` over it, and a binary search of each surviving candidate
-among its row's few positives.
+among the block's positives (keyed by row), then a histogram and a cumulative sum.
 
 Tie rule: entries at exactly the same distance are ordered by gallery index (the
 earlier gallery entry ranks first), i.e. the order of a stable sort of the row.
@@ -24,9 +24,17 @@ from torch import Tensor
 
 _I64_MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
-# Worst-case bytes held per candidate entry while it is binary-searched (mask byte,
-# row/col indices, value, keys, search results, slots).
-BYTES_PER_CANDIDATE = 72
+# Worst-case bytes per distance entry while a row group is scanned for candidates:
+# one mask byte plus an 8-byte index if every entry is a candidate.
+BYTES_PER_ENTRY = 9
+# Candidates binary-searched at once on CPU (bounds the temporaries to ~50 MB).
+_SLICE = 1 << 20
+
+
+def _order_key_np(d: np.ndarray) -> np.ndarray:
+    """``order_key`` for a float32 numpy array."""
+    bits = (d + np.float32(0.0)).view(np.int32)
+    return np.where(bits < 0, bits ^ 0x7FFFFFFF, bits).astype(np.int64)
 
 
 def order_key(d: Tensor) -> Tensor:
@@ -81,8 +89,8 @@ class PositiveLookup:
         return same_pid - same_cam
 
     def block(
-        self, q_pids: np.ndarray, q_camids: np.ndarray, device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, q_pids: np.ndarray, q_camids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Same-pid gallery entries of a block of queries.
 
         Returns:
@@ -99,24 +107,91 @@ class PositiveLookup:
         same_cam = self.g_camids[gidx] == q_camids[:, None]
         is_junk = filled & same_cam
         is_pos = filled & ~same_cam
-        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        return to(gidx), to(is_pos), to(is_junk)
+        return gidx, is_pos, is_junk
 
 
 def positive_ranks(
-    dist: Tensor, gidx: Tensor, is_pos: Tensor, is_junk: Tensor, max_candidates: int
-) -> tuple[Tensor, Tensor]:
+    dist: Tensor, gidx: np.ndarray, is_pos: np.ndarray, is_junk: np.ndarray, max_entries: int
+) -> tuple[np.ndarray, np.ndarray]:
     """1-based rank of every positive among the kept gallery entries of each row.
 
     Args:
         dist: (B, G) float32 distances; junk entries are overwritten with +inf.
         gidx, is_pos, is_junk: (B, C) from ``PositiveLookup.block``.
-        max_candidates: bound on the entries binary-searched at once (memory).
+        max_entries: distance entries scanned for candidates at once (memory bound:
+            ``BYTES_PER_ENTRY`` each in the worst case).
 
     Returns:
         npos: (B,) int64 number of positives per row;
         ranks: (P,) int64, P = npos.sum(), the ranks row after row, ascending in a row.
     """
+    group = max(1, max_entries // max(dist.shape[1], 1))
+    if dist.device.type == "cpu":
+        # Single-threaded numpy after the matrix product: many short multi-threaded
+        # torch ops each end in an OpenMP barrier, and on a busy machine every barrier
+        # waits for a descheduled thread (measured several times slower than numpy on
+        # a shared 2-core machine, and about as fast on an idle one).
+        return _positive_ranks_numpy(dist.numpy(), gidx, is_pos, is_junk, group)
+    dev = dist.device
+    t = [torch.from_numpy(a).to(dev) for a in (gidx, is_pos, is_junk)]
+    npos, ranks = _positive_ranks_torch(dist, *t, group)
+    return npos.cpu().numpy(), ranks.cpu().numpy()
+
+
+def _positive_ranks_numpy(dist, gidx, is_pos, is_junk, group):
+    nrows, ngal = dist.shape
+    jr, jc = np.nonzero(is_junk)
+    dist[jr, gidx[jr, jc]] = np.inf
+    npos = is_pos.sum(1).astype(np.int64)
+    total = int(npos.sum())
+    if total == 0:
+        return npos, np.zeros(0, np.int64)
+
+    # Sort each row's positives by (distance, gallery index) in one int64 key: the
+    # signed 32-bit distance key shifted up keeps its order, the index fills the low bits.
+    pdist = np.take_along_axis(dist, gidx, 1)
+    key = (_order_key_np(pdist) << 32) | gidx
+    key = np.sort(np.where(is_pos, key, np.iinfo(np.int64).max), axis=1)
+    filled = np.arange(key.shape[1])[None, :] < npos[:, None]
+    pos_row = np.nonzero(filled)[0]  # (P,) row of each positive, rows in order
+    key = key[filled]
+    pos_gidx = key & _LOW32
+    # Global key (row, distance), sorted over all P positives: one searchsorted serves
+    # every row at once.
+    pos_gkey = (pos_row << 32) + ((key >> 32) + 2**31)
+    row_end = np.cumsum(npos)
+
+    # The hardest positive bounds the entries that can precede any positive.
+    thresh = np.where(is_pos, pdist, -np.inf).max(1)
+    counts = np.zeros(total + 1, dtype=np.int64)  # last bin: entries after every positive
+    flat_dist = dist.reshape(-1)
+    for r0 in range(0, nrows, group):
+        r1 = min(nrows, r0 + group)
+        flat = np.flatnonzero(dist[r0:r1] <= thresh[r0:r1, None]) + r0 * ngal
+        for s in range(0, flat.size, _SLICE):
+            f = flat[s : s + _SLICE]
+            row = f // ngal
+            ckey = (row << 32) + (_order_key_np(flat_dist.take(f)) + 2**31)
+            slot = np.searchsorted(pos_gkey, ckey, side="left")
+            # Equal keys mean a tie with a positive (each positive meets itself); only
+            # those need the gallery-index rule, and only they can land past their
+            # row's last positive (same distance as the hardest one, later index).
+            tied = np.flatnonzero(pos_gkey.take(np.minimum(slot, total - 1)) == ckey)
+            if tied.size:
+                t_slot = slot[tied]
+                hi = np.searchsorted(pos_gkey, ckey[tied], side="right")
+                t_slot += _earlier_tied_np(pos_gidx, t_slot, hi, f[tied] % ngal)
+                t_slot[t_slot >= row_end[row[tied]]] = total
+                slot[tied] = t_slot
+            counts += np.bincount(slot, minlength=total + 1)
+    counts = counts[:total]
+    csum = np.cumsum(counts)
+    before_row = (csum - counts)[row_end - npos]  # (B,) unused for rows without positives
+    return npos, csum - before_row[pos_row]
+
+
+def _positive_ranks_torch(dist, gidx, is_pos, is_junk, group):
+    """``_positive_ranks_numpy`` in torch, for CUDA tensors (same steps)."""
     nrows, ngal = dist.shape
     dev = dist.device
     rows = torch.arange(nrows, device=dev)[:, None].expand_as(gidx)
@@ -126,62 +201,39 @@ def positive_ranks(
     total = int(npos.sum())
     if total == 0:
         return npos, torch.zeros(0, dtype=torch.int64, device=dev)
-
-    # Sort each row's positives by (distance, gallery index) in one int64 key; the
-    # signed 32-bit distance key shifted up keeps the sign, the index fills the low bits.
     pdist = dist.gather(1, gidx)
     key = (order_key(pdist) << 32) | gidx
     key = key.masked_fill(~is_pos, _I64_MAX).sort(dim=1).values
     filled = torch.arange(key.shape[1], device=dev)[None, :] < npos[:, None]
-    pos_row = rows[filled]  # (P,)
+    pos_row = rows[filled]
     key = key[filled]
     pos_gidx = key & _LOW32
-    # Global key (row, distance): sorted over all P positives, so one searchsorted
-    # serves every row at once.
     pos_gkey = (pos_row << 32) + ((key >> 32) + 2**31)
     row_end = npos.cumsum(0)
-    row_start = row_end - npos
-
-    # The hardest positive bounds the entries that can precede any positive.
     thresh = pdist.masked_fill(~is_pos, float("-inf")).amax(1)
-    counts = torch.zeros(total + 1, dtype=torch.int64, device=dev)  # last bin: discarded
-    group = max(1, max_candidates // max(ngal, 1))
+    counts = torch.zeros(total + 1, dtype=torch.int64, device=dev)
     for r0 in range(0, nrows, group):
         r1 = min(nrows, r0 + group)
         part = dist[r0:r1]
-        flat = _flat_nonzero(part <= thresh[r0:r1, None])
+        flat = (part <= thresh[r0:r1, None]).view(-1).nonzero()[:, 0]
         if flat.numel() == 0:
             continue
-        cand_r = flat // ngal + r0
-        # 1-D index_select is much faster than advanced indexing on CPU.
-        ckey = (cand_r << 32) + (order_key(part.view(-1).index_select(0, flat)) + 2**31)
+        row = flat // ngal + r0
+        ckey = (row << 32) + (order_key(part.view(-1).index_select(0, flat)) + 2**31)
         slot = torch.searchsorted(pos_gkey, ckey, side="left")
-        # Equal keys mean a tie with a positive (each positive also meets itself); only
-        # those need the gallery-index rule, and only they can land past their row's
-        # last positive (same distance as the hardest positive, later in the gallery).
         tied = (pos_gkey.index_select(0, slot.clamp(max=total - 1)) == ckey).nonzero()[:, 0]
         if tied.numel():
             t_slot = slot.index_select(0, tied)
             hi = torch.searchsorted(pos_gkey, ckey.index_select(0, tied), side="right")
             t_col = flat.index_select(0, tied) % ngal
             t_slot += _earlier_tied(pos_gidx, t_slot, hi, t_col)
-            past = t_slot >= row_end.index_select(0, cand_r.index_select(0, tied))
+            past = t_slot >= row_end.index_select(0, row.index_select(0, tied))
             slot.index_copy_(0, tied, t_slot.masked_fill_(past, total))
         counts += torch.bincount(slot, minlength=total + 1)
     counts = counts[:total]
-
     csum = counts.cumsum(0)
-    before_row = (csum - counts)[row_start]  # (B,) garbage for rows without positives
-    ranks = csum - before_row[pos_row]
-    return npos, ranks
-
-
-def _flat_nonzero(mask: Tensor) -> Tensor:
-    """Flat indices of the True entries of a contiguous bool tensor, as int64."""
-    if mask.device.type == "cpu":
-        # numpy's nonzero on bool is ~2.5x faster than torch's on CPU.
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.view(-1).nonzero()[:, 0]
+    before_row = (csum - counts)[row_end - npos]
+    return npos, csum - before_row[pos_row]
 
 
 def _earlier_tied(pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor) -> Tensor:
@@ -195,5 +247,20 @@ def _earlier_tied(pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor) -
         idx = a[:, None] + span[None, :]
         inside = idx < b[:, None]
         earlier = pos_gidx[idx.clamp(max=pos_gidx.numel() - 1)] < c[:, None]
+        out[s : s + step] = (earlier & inside).sum(1)
+    return out
+
+
+def _earlier_tied_np(pos_gidx, lo, hi, cand_gidx) -> np.ndarray:
+    """``_earlier_tied`` for numpy arrays."""
+    out = np.empty_like(lo)
+    width = int((hi - lo).max())
+    step = max(1, (1 << 22) // width)
+    span = np.arange(width)
+    for s in range(0, lo.size, step):
+        a, b, c = lo[s : s + step], hi[s : s + step], cand_gidx[s : s + step]
+        idx = a[:, None] + span[None, :]
+        inside = idx < b[:, None]
+        earlier = pos_gidx.take(np.minimum(idx, pos_gidx.size - 1)) < c[:, None]
         out[s : s + step] = (earlier & inside).sum(1)
     return out

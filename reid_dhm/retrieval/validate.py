@@ -76,12 +76,13 @@ def as_features(x, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
 def squared_norms(x: Tensor) -> Tensor:
     """(N,) sums of squares of the rows of ``x`` (N, D).
 
-    In row blocks through one reused scratch buffer, so the x*x temporary stays in
-    cache and no large temporary is allocated (several times faster than one
-    ``x.pow(2).sum(1)`` or ``einsum`` here); exact for small integer-valued features.
+    Bit-identical to ``x.pow(2).sum(1)`` (torchreid's), but through one reused 32 MB
+    scratch buffer instead of an (N, D) temporary (4 GB for a 500k x 2048 gallery);
+    blocks are large so a busy machine does not stall on many small parallel ops.
+    Exact for small integer-valued features.
     """
     out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    step = max(1, (1 << 18) // max(1, x.shape[1]))
+    step = max(1, (1 << 23) // max(1, x.shape[1]))
     scratch = torch.empty((min(step, x.shape[0]), x.shape[1]), dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], step):
         block = x[s : s + step]
