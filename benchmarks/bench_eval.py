@@ -12,6 +12,7 @@ Not a test. Three parts, each measured side by side in one run:
   generated in chunks): time vs the bare (chunked) matrix product, peak memory.
 * ``ann``: ``GalleryIndex`` IVF and HNSW vs exact flat search on 500k x 256-d:
   recall@10 and search speed-up.
+* ``rerank``: ``evaluate(rerank=True)`` vs torchreid's ``re_ranking`` + ``evaluate_rank``.
 
     python benchmarks/bench_eval.py                  # everything (~15 min on 2 cores)
     python benchmarks/bench_eval.py --quick          # small sizes, a smoke run
@@ -377,9 +378,67 @@ def part_ann(args):
         )
 
 
+def part_rerank(args):
+    """k-reciprocal re-ranking: ours vs torchreid's re_ranking on a mid-size problem,
+    then ours alone at Market size (torchreid needs ~20 (Q+G)^2 bytes there)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.metrics.distance import compute_distance_matrix
+        from torchreid.reid.metrics.rank import evaluate_rank
+        from torchreid.reid.utils.rerank import re_ranking as torchreid_re_ranking
+
+    data = MarketLike()
+    sizes = [(842, 3978, 698)] if args.quick else [(842, 3978, 698), (3368, 15913, 2793)]
+    for nq, ng, nd in sizes:
+        _rerank_case(
+            args, data, nq, ng, nd, compute_distance_matrix, evaluate_rank, torchreid_re_ranking
+        )
+
+
+def _rerank_case(
+    args, data, nq, ng, nd, compute_distance_matrix, evaluate_rank, torchreid_re_ranking
+):
+    header(f"rerank: {nq} x {ng} x 2048, euclidean, k1=20 k2=6 lambda=0.3")
+    qp, gp, qc, gc = data.labels(nq, ng, nd)
+    qf, gf = data.features(qp, qc), data.features(gp, gc)
+    base = rss_kib()
+    have_peak = reset_peak_rss()
+    w, c, res = timed(lambda: evaluate(qf, gf, qp, gp, qc, gc, rerank=True), 1)
+    peak = (rss_kib("VmHWM") - base) / 2**20 if have_peak else float("nan")
+    plain = evaluate(qf, gf, qp, gp, qc, gc)
+    print(
+        f"ours      {w:8.2f} s (cpu {c:7.1f})  mAP {plain['mAP']:.4f} -> {res['mAP']:.4f}  "
+        f"peak RSS growth {peak:.2f} GiB"
+    )
+    if nq * ng > 842 * 3978 and not args.rerank_torchreid_full:
+        n = nq + ng
+        print(
+            f"torchreid skipped at this size (needs ~{20 * n * n / 2**30:.0f} GiB and "
+            "minutes; --rerank-torchreid-full runs it)"
+        )
+        return
+
+    def run_tr():
+        dist = [compute_distance_matrix(a, b).numpy() for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+        rr = torchreid_re_ranking(*dist, k1=20, k2=6, lambda_value=0.3)
+        return evaluate_rank(rr, qp, gp, qc, gc, 50, use_cython=False)
+
+    base = rss_kib()
+    have_peak = reset_peak_rss()
+    tw, tc, (cmc, mAP) = timed(run_tr, 1)
+    peak = (rss_kib("VmHWM") - base) / 2**20 if have_peak else float("nan")
+    print(
+        f"torchreid {tw:8.2f} s (cpu {tc:7.1f})  mAP {mAP:.4f}  |dmAP| "
+        f"{abs(mAP - res['mAP']):.2e}  CMC equal: {bool(np.array_equal(cmc, res['cmc']))}  "
+        f"peak RSS growth {peak:.2f} GiB  torchreid / ours = {tw / w:.1f}x"
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--parts", default="market,distractors,ann", help="comma-separated subset")
+    p.add_argument(
+        "--parts", default="market,distractors,ann,rerank", help="comma-separated subset"
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run, ~1 min)")
     p.add_argument("--repeats", type=int, default=3, help="best-of for the fast timings")
     p.add_argument("--distractors", type=int, default=500_000)
@@ -389,6 +448,11 @@ def main(argv=None):
     p.add_argument("--skip-fastreid", action="store_true", help="no download / compile")
     p.add_argument("--fastreid-wheel", help="use this fastreid-1.4.0 wheel, no download")
     p.add_argument("--alternatives", action="store_true", help="also time sort/topk/faiss")
+    p.add_argument(
+        "--rerank-torchreid-full",
+        action="store_true",
+        help="also run torchreid's re_ranking at Market size (slow, ~10 GB)",
+    )
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
     print(
@@ -402,6 +466,8 @@ def main(argv=None):
             part_distractors(args)
         if "ann" in parts:
             part_ann(args)
+        if "rerank" in parts:
+            part_rerank(args)
 
 
 if __name__ == "__main__":

@@ -263,6 +263,11 @@ class KReciprocalReranker:
         self.nq, self.ng = self.qf.shape[0], self.gf.shape[0]
         self.to_q = DistanceBlocks(self.qf, metric, q_sq)
         self.to_g = DistanceBlocks(self.gf, metric, g_sq)
+        # Items = queries then gallery, in one tensor so pairs gather with one
+        # index_select (a copy of the features: re-ranking is quadratic in time anyway).
+        self.items = torch.cat([self.qf, self.gf])
+        self.sq = torch.cat([q_sq, g_sq])
+        self.inv_norm = self.sq.sqrt().clamp_min(1e-12).reciprocal()
         n = self.nq + self.ng
         kmax = min(self.k1 + 1, n)
         if neighbors == "exact":
@@ -272,31 +277,21 @@ class KReciprocalReranker:
         self.rowmax = rowmax.clamp_min(_TINY)
         self.core = _Core(nbr, self._r_pairs, self.nq, self.k1, self.k2, self.lam, chunk=1 << 21)
 
-    def _item(self, idx: Tensor) -> Tensor:
-        """Features of items (queries first, then gallery) for an index vector."""
-        isq = idx < self.nq
-        out = torch.empty((idx.numel(), self.qf.shape[1]), device=self.qf.device)
-        out[isq] = self.qf[idx[isq]]
-        out[~isq] = self.gf[idx[~isq] - self.nq]
-        return out
-
-    def _base(self, x: Tensor, y: Tensor) -> Tensor:
-        """Squared metric distance of paired rows x[i], y[i]: same formula as the blocks."""
-        dot = (x * y).sum(1)
+    def _base_pairs(self, i: Tensor, j: Tensor) -> Tensor:
+        """Squared metric distance b(i, j) of item pairs (same formula as the blocks)."""
+        dot = (self.items.index_select(0, i) * self.items.index_select(0, j)).sum(1)
         if self.metric == "euclidean":
-            d = x.pow(2).sum(1) + y.pow(2).sum(1) - 2 * dot
+            d = self.sq[i] + self.sq[j] - 2 * dot
         else:
-            nx = x.norm(dim=1).clamp_min(1e-12)
-            ny = y.norm(dim=1).clamp_min(1e-12)
-            d = 1 - dot / (nx * ny)
+            d = 1 - dot * self.inv_norm[i] * self.inv_norm[j]
         return d.square()
 
     def _r_pairs(self, i: Tensor, j: Tensor) -> Tensor:
-        out = torch.empty(i.numel(), device=self.qf.device)
-        step = max(1, (64 * 2**20) // (8 * self.qf.shape[1]))  # bound gathered features
+        out = torch.empty(i.numel(), device=self.items.device)
+        step = max(1, (64 * 2**20) // (4 * self.items.shape[1]))  # bound gathered features
         for s in range(0, i.numel(), step):
             a, b = i[s : s + step], j[s : s + step]
-            out[s : s + step] = self._base(self._item(a), self._item(b)) / self.rowmax[a]
+            out[s : s + step] = self._base_pairs(a, b) / self.rowmax[a]
         return out
 
     def _exact_neighbours(self, kmax: int, memory_budget: int) -> tuple[Tensor, Tensor]:
@@ -306,7 +301,7 @@ class KReciprocalReranker:
         rowmax = torch.empty(n, device=self.qf.device)
         with torch.inference_mode():
             for s in range(0, n, rows):
-                x = self._item(torch.arange(s, min(n, s + rows), device=self.qf.device))
+                x = self.items[s : s + rows]
                 parts, tops, idxs = [], [], []
                 for offset, blocks in ((0, self.to_q), (self.nq, self.to_g)):
                     b = blocks(x).square_()
@@ -323,7 +318,7 @@ class KReciprocalReranker:
     def _hnsw_neighbours(self, kmax: int) -> tuple[Tensor, Tensor]:
         from .index import GalleryIndex
 
-        allf = torch.cat([self.qf, self.gf]).cpu().numpy()
+        allf = self.items.cpu().numpy()
         index = GalleryIndex(allf.shape[1], metric=self.metric, kind="hnsw", device="cpu")
         index.add(allf)
         found = index.search(allf, kmax)
@@ -334,15 +329,17 @@ class KReciprocalReranker:
         gen = torch.Generator().manual_seed(0)
         sample = torch.randperm(n, generator=gen)[: min(n, _ROWMAX_SAMPLE)].to(self.qf.device)
         rowmax = torch.empty(n, device=self.qf.device)
-        sx = self._item(sample)
+        sampled = DistanceBlocks(self.items.index_select(0, sample), self.metric)
         for s in range(0, n, 1024):
-            x = self._item(torch.arange(s, min(n, s + 1024), device=self.qf.device))
-            b = DistanceBlocks(sx, self.metric)(x).square_().amax(1)
-            own = self._base(x.repeat_interleave(kmax, 0), self._item(nbr[s : s + 1024].flatten()))
+            x = self.items[s : s + 1024]
+            b = sampled(x).square_().amax(1)
+            rows = torch.arange(s, s + x.shape[0], device=x.device).repeat_interleave(kmax)
+            own = self._base_pairs(rows, nbr[s : s + 1024].flatten())
             rowmax[s : s + x.shape[0]] = torch.maximum(b, own.view(-1, kmax).amax(1))
         return nbr, rowmax
 
     def block(self, qrows: Tensor, out: Tensor | None = None) -> Tensor:
         """Re-ranked distances (B, G) float32 of the queries ``qrows`` (indices < Q)."""
-        r = self.to_g(self.qf[qrows], out=out).square_().div_(self.rowmax[qrows][:, None])
+        r = self.to_g(self.qf.index_select(0, qrows), out=out).square_()
+        r.div_(self.rowmax[qrows][:, None])
         return self.core.combine(r, qrows)
