@@ -13,6 +13,18 @@ DIM = 16
 N = 2000
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread_faiss():
+    # Tiny indexes: one OpenMP thread avoids stalls at faiss' barriers when the
+    # test machine's cores are busy with other work (k-means went 0.1 s -> 6 s).
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
@@ -105,6 +117,8 @@ def test_build_trains_automatically(data):
     index.set_params(nprobe=1)
     with pytest.raises(ValueError, match="cannot be changed"):
         index.set_params(M=4)
+    with pytest.raises(RuntimeError, match="already trained"):
+        index.train(x)
 
 
 def test_train_needs_enough_points(data):

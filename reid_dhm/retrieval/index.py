@@ -288,6 +288,10 @@ class GalleryIndex:
         """
         if not self.needs_training:
             return
+        if self.is_trained:
+            raise RuntimeError(
+                f"the {self.kind!r} index is already trained; build a new GalleryIndex to retrain"
+            )
         if features is not None:
             sample = self._prepare(features, "features")
         elif self._pending:
