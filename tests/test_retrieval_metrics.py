@@ -268,6 +268,7 @@ BAD = {
     "unknown metric": (lambda k: {**k, "metric": "manhattan"}, r"unknown metric 'manhattan'"),
     "max_rank 0": (lambda k: {**k, "max_rank": 0}, r"max_rank must be >= 1"),
     "max_rank float": (lambda k: {**k, "max_rank": 5.0}, r"max_rank must be an integer"),
+    "unknown device": (lambda k: {**k, "device": "tpu9"}, r"unknown device 'tpu9'"),
 }
 
 
@@ -277,6 +278,12 @@ def test_bad_input_raises_one_line_value_error(case):
     with pytest.raises(ValueError, match=pattern) as err:
         evaluate(**make(_ok()))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_gpu():
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        evaluate(**_ok(), device="cuda")
 
 
 def test_bad_distmat():

@@ -35,13 +35,14 @@ def resolve_device(device: str | torch.device, *arrays) -> torch.device:
     ``'auto'``: the device of the first input that is a non-CPU torch tensor, else CUDA
     when torch sees one, else CPU. Anything else is passed to ``torch.device``.
     """
-    if isinstance(device, torch.device):
-        return device
     if device != "auto":
         try:
-            return torch.device(device)
+            dev = torch.device(device)
         except RuntimeError as exc:
             raise ValueError(f"unknown device {device!r}: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but torch sees no CUDA device")
+        return dev
     for a in arrays:
         if isinstance(a, Tensor) and a.device.type != "cpu":
             return a.device
