@@ -24,6 +24,8 @@ def _env() -> dict:
     env["OMP_NUM_THREADS"] = "1"  # 2 processes on 2 cores
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
+    if sys.platform.startswith("linux"):  # gloo on loopback: no dependence on host networking
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return env
 
 
