@@ -51,6 +51,81 @@ def model_kwargs(cfg: dict) -> dict:
     return kwargs
 
 
+def build_model_for(cfg: dict, num_classes: int):
+    """``model`` section -> a registry model, with a hint when ImageNet weights are missing."""
+    from reid_dhm.models import build_model
+
+    m = cfg["model"]
+    try:
+        return build_model(m["name"], num_classes, pretrained=m["pretrained"], **model_kwargs(cfg))
+    except FileNotFoundError as err:
+        if m["pretrained"] is not True:
+            raise
+        raise UsageError(
+            f"{err}. The recipe starts from ImageNet weights; to train from scratch "
+            "instead, pass --no-pretrained (or model.pretrained=false)."
+        ) from None
+    except TypeError as err:
+        raise UsageError(f"model {m['name']!r}: {err}") from None
+
+
+def model_for_run(cfg: dict, resume: str | None, ckpt, num_classes: int, what: str):
+    """The checkpoint's model when resuming (its class count must fit), else a new one.
+
+    Returns:
+        (model, registry name).
+    """
+    from reid_dhm.utils.checkpoint import model_from_checkpoint
+
+    if ckpt is None:
+        return build_model_for(cfg, num_classes), cfg["model"]["name"]
+    model = model_from_checkpoint(ckpt)
+    if model.num_classes != num_classes:
+        raise UsageError(
+            f"{resume} was trained on {model.num_classes} {what} but "
+            f"{cfg['data']['dataset']} has {num_classes}"
+        )
+    return model, ckpt["model_name"]
+
+
+def build_criterion(cfg: dict):
+    """``loss`` section -> ``DHMLoss``."""
+    from reid_dhm.losses import DHMLoss
+
+    loss = cfg["loss"]
+    return DHMLoss(
+        mode=loss["mode"],
+        direction=loss["direction"],
+        label_smooth=loss["label_smooth"],
+        temperature=loss["temperature"],
+        ce_weights=loss["ce_weights"],
+        kl_weight=loss["kl_weight"],
+    )
+
+
+def build_branch_sampler(cfg: dict, branch_names):
+    """``branch_sampling`` section -> ``BranchSampler`` over the model's branches."""
+    from reid_dhm.losses import BranchSampler
+
+    bs = cfg["branch_sampling"]
+    return BranchSampler(branch_names, bs["policy"], bs["p"], bs["seed"])
+
+
+def needs_unused_parameter_search(cfg: dict, criterion, branch_names, start_epoch: int = 0) -> bool:
+    """Whether DDP must look for parameters without gradients in an iteration.
+
+    Frozen stages, branches inactive in an epoch and branches without a loss term
+    (baseline mode on a DHM model) leave parameters unused; the search costs a graph
+    traversal per step, so it is only switched on when one of those can happen.
+    """
+    has_aux = len(branch_names) > 1
+    return (
+        cfg["train"]["fixbase_epoch"] > start_epoch
+        or (has_aux and cfg["branch_sampling"]["policy"] != "fixed")
+        or (has_aux and criterion.mode == "baseline")
+    )
+
+
 def default_output_dir(cfg: dict) -> Path:
     return Path("log") / cfg["data"]["dataset"] / f"{cfg['model']['name']}-{cfg['loss']['mode']}"
 
@@ -68,10 +143,15 @@ def is_main_process() -> bool:
 __all__ = [
     "ConfigError",
     "UsageError",
+    "build_branch_sampler",
+    "build_criterion",
+    "build_model_for",
     "default_output_dir",
     "fail",
     "is_main_process",
+    "model_for_run",
     "model_kwargs",
+    "needs_unused_parameter_search",
     "reid_data_kwargs",
     "write_config",
 ]

@@ -28,10 +28,13 @@ from pathlib import Path
 from common import (
     ConfigError,
     UsageError,
+    build_branch_sampler,
+    build_criterion,
     default_output_dir,
     fail,
     is_main_process,
-    model_kwargs,
+    model_for_run,
+    needs_unused_parameter_search,
     reid_data_kwargs,
     write_config,
 )
@@ -81,25 +84,6 @@ def resolve(args) -> dict:
     return cfg
 
 
-def build_reid_model(cfg: dict, num_classes: int):
-    from reid_dhm.models import build_model
-
-    pretrained = cfg["model"]["pretrained"]
-    try:
-        return build_model(
-            cfg["model"]["name"], num_classes, pretrained=pretrained, **model_kwargs(cfg)
-        )
-    except FileNotFoundError as err:
-        if pretrained is not True:
-            raise
-        raise UsageError(
-            f"{err}. The paper's recipe starts from ImageNet weights; to train from scratch "
-            "instead, pass --no-pretrained (or model.pretrained=false)."
-        ) from None
-    except TypeError as err:
-        raise UsageError(f"model.kwargs: {err}") from None
-
-
 def run_reid(cfg: dict, args) -> dict:
     """One re-ID training (or evaluation) run, in this process or as one torchrun rank."""
     from reid_dhm.engines import distributed as dist
@@ -122,8 +106,7 @@ def _run_reid(cfg: dict, args, info) -> dict:
     from reid_dhm.engines.optim import build_optimizer, build_scheduler
     from reid_dhm.engines.reid_engine import DHMReIDEngine
     from reid_dhm.engines.reid_loaders import reid_train_loader
-    from reid_dhm.losses import BranchSampler, DHMLoss
-    from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from reid_dhm.utils.checkpoint import load_checkpoint
     from reid_dhm.utils.device import seed_everything
     from reid_dhm.utils.io import atomic_write, atomic_write_text
 
@@ -144,29 +127,10 @@ def _run_reid(cfg: dict, args, info) -> dict:
         manager, data["batch_size"], data["sampler"], data["num_instances"], train["seed"]
     )
 
-    if ckpt is not None:
-        model = model_from_checkpoint(ckpt)
-        if model.num_classes != manager.num_train_pids:
-            raise UsageError(
-                f"{args.resume} was trained on {model.num_classes} identities but "
-                f"{data['dataset']} has {manager.num_train_pids}"
-            )
-        model_name = ckpt["model_name"]
-    else:
-        model = build_reid_model(cfg, manager.num_train_pids)
-        model_name = cfg["model"]["name"]
+    model, model_name = model_for_run(cfg, args.resume, ckpt, manager.num_train_pids, "identities")
     model = model.to(info.device)
-
-    criterion = DHMLoss(
-        mode=cfg["loss"]["mode"],
-        direction=cfg["loss"]["direction"],
-        label_smooth=cfg["loss"]["label_smooth"],
-        temperature=cfg["loss"]["temperature"],
-        ce_weights=cfg["loss"]["ce_weights"],
-        kl_weight=cfg["loss"]["kl_weight"],
-    )
-    bs = cfg["branch_sampling"]
-    sampler = BranchSampler(model.branch_names, bs["policy"], bs["p"], bs["seed"])
+    criterion = build_criterion(cfg)
+    sampler = build_branch_sampler(cfg, model.branch_names)
     optimizer = build_optimizer(model, **cfg["optim"])
     scheduler = build_scheduler(optimizer, max_epoch=train["max_epoch"], **cfg["scheduler"])
     start_epoch, history = 0, []
@@ -186,13 +150,7 @@ def _run_reid(cfg: dict, args, info) -> dict:
             flush=True,
         )
 
-    # Frozen stages, inactive branches and branches without a loss term leave parameters
-    # without gradients; DDP must then look for them (a cost, so only when it can happen).
-    unused = (
-        train["fixbase_epoch"] > start_epoch
-        or bs["policy"] != "fixed"
-        or (criterion.mode == "baseline" and len(model.branch_names) > 1)
-    )
+    unused = needs_unused_parameter_search(cfg, criterion, model.branch_names, start_epoch)
     wrapped = dist.wrap_model(model, find_unused_parameters=unused)
     engine = DHMReIDEngine(
         manager,

@@ -19,7 +19,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import UsageError, model_kwargs, write_config
+from common import (
+    UsageError,
+    build_branch_sampler,
+    build_criterion,
+    model_for_run,
+    needs_unused_parameter_search,
+    write_config,
+)
 
 from reid_dhm.config import CLASSIFICATION_DATASETS
 
@@ -66,16 +73,6 @@ def build_datasets(cfg: dict):
     return _evenly(train, d["limit"]), _evenly(test, d["test_limit"]), num_classes
 
 
-def build_model(cfg: dict, num_classes: int):
-    from reid_dhm.models import build_model as build
-
-    m = cfg["model"]
-    try:
-        return build(m["name"], num_classes, pretrained=m["pretrained"], **model_kwargs(cfg))
-    except TypeError as err:
-        raise UsageError(f"model {m['name']!r}: {err}") from None
-
-
 def _loaders(cfg: dict, train_set, test_set, device):
     from torch.utils.data import DataLoader
 
@@ -108,8 +105,7 @@ def train_one(cfg: dict, args, info) -> dict:
     from reid_dhm.engines import distributed as dist
     from reid_dhm.engines.classification import ClassificationEngine, format_table
     from reid_dhm.engines.optim import build_optimizer, build_scheduler
-    from reid_dhm.losses import BranchSampler, DHMLoss
-    from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from reid_dhm.utils.checkpoint import load_checkpoint
     from reid_dhm.utils.device import seed_everything
 
     out = Path(cfg["output_dir"])
@@ -118,33 +114,11 @@ def train_one(cfg: dict, args, info) -> dict:
     seed_everything(train["seed"] + info.rank)
     train_set, test_set, num_classes = build_datasets(cfg)
     ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None:
-        model = model_from_checkpoint(ckpt)
-        if model.num_classes != num_classes:
-            raise UsageError(
-                f"{args.resume} was trained on {model.num_classes} classes but "
-                f"{cfg['data']['dataset']} has {num_classes}"
-            )
-        model_name = ckpt["model_name"]
-    else:
-        model = build_model(cfg, num_classes)
-        model_name = cfg["model"]["name"]
+    model, model_name = model_for_run(cfg, args.resume, ckpt, num_classes, "classes")
     model = model.to(info.device)
-    criterion = DHMLoss(
-        mode=cfg["loss"]["mode"],
-        direction=cfg["loss"]["direction"],
-        label_smooth=cfg["loss"]["label_smooth"],
-        temperature=cfg["loss"]["temperature"],
-        ce_weights=cfg["loss"]["ce_weights"],
-        kl_weight=cfg["loss"]["kl_weight"],
-    )
-    bs = cfg["branch_sampling"]
-    sampler = BranchSampler(model.branch_names, bs["policy"], bs["p"], bs["seed"])
-    has_aux = len(model.branch_names) > 1
-    # DDP must be told when some parameters can go without a gradient in an iteration.
-    find_unused = (
-        has_aux and (criterion.mode == "baseline" or bs["policy"] == "bernoulli")
-    ) or train["fixbase_epoch"] > 0
+    criterion = build_criterion(cfg)
+    sampler = build_branch_sampler(cfg, model.branch_names)
+    find_unused = needs_unused_parameter_search(cfg, criterion, model.branch_names)
     wrapped = dist.wrap_model(model, find_unused_parameters=find_unused, sync_bn=train["sync_bn"])
     optimizer = build_optimizer(model, **cfg["optim"])
     scheduler = build_scheduler(optimizer, max_epoch=train["max_epoch"], **cfg["scheduler"])
