@@ -110,9 +110,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "test_batch_size": 128,
             "workers": 2,
         },
+        # About 3 minutes on 2 CPU cores (12 s an epoch), well inside the 5-minute budget.
         "optim": {"lr": 0.003},
-        "scheduler": {"milestones": [8]},
-        "train": {"max_epoch": 10, "fixbase_epoch": 0, "print_freq": 10},
+        "scheduler": {"milestones": [10]},
+        "train": {"max_epoch": 12, "fixbase_epoch": 0, "print_freq": 10},
     },
 }
 
