@@ -23,6 +23,21 @@ def fail(message: str, status: int = 2) -> int:
     return status
 
 
+# What a user can cause: reported as one line, exit status 2 (REID_DHM_DEBUG=1 re-raises).
+USER_ERRORS = (UsageError, ConfigError, FileNotFoundError, ValueError, ImportError)
+
+
+def run_guarded(body, *args) -> int:
+    """Run a tool's body; a user error becomes ``error: <first line>`` and exit status 2."""
+    try:
+        body(*args)
+    except USER_ERRORS as err:
+        if os.environ.get("REID_DHM_DEBUG"):
+            raise
+        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    return 0
+
+
 def reid_data_kwargs(cfg: dict) -> dict:
     """``data`` section -> ``build_reid_datamanager`` keyword arguments."""
     d = cfg["data"]
@@ -153,5 +168,6 @@ __all__ = [
     "model_kwargs",
     "needs_unused_parameter_search",
     "reid_data_kwargs",
+    "run_guarded",
     "write_config",
 ]

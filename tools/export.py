@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from common import fail
+from common import run_guarded
 
 
 def main(argv=None) -> int:
@@ -32,28 +31,26 @@ def main(argv=None) -> int:
     )
     p.add_argument("--atol", type=float, default=1e-4)
     args = p.parse_args(argv)
-    try:
-        from reid_dhm.export import export_onnx
-        from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    return run_guarded(export, args)
 
-        ckpt = load_checkpoint(args.checkpoint)
-        data = (ckpt.get("config") or {}).get("data") or {}
-        size = (args.height or data.get("height", 256), args.width or data.get("width", 128))
-        norm = None
-        if args.bake_normalization:
-            norm = (
-                data.get("norm_mean", [0.485, 0.456, 0.406]),
-                data.get("norm_std", [0.229, 0.224, 0.225]),
-            )
-        report = export_onnx(
-            model_from_checkpoint(ckpt), args.output, size, args.opset, norm, atol=args.atol
+
+def export(args) -> None:
+    from reid_dhm.export import export_onnx
+    from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    data = (ckpt.get("config") or {}).get("data") or {}
+    size = (args.height or data.get("height", 256), args.width or data.get("width", 128))
+    norm = None
+    if args.bake_normalization:
+        norm = (
+            data.get("norm_mean", [0.485, 0.456, 0.406]),
+            data.get("norm_std", [0.229, 0.224, 0.225]),
         )
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        if os.environ.get("REID_DHM_DEBUG"):
-            raise
-        return fail(str(err).splitlines()[0])
+    report = export_onnx(
+        model_from_checkpoint(ckpt), args.output, size, args.opset, norm, atol=args.atol
+    )
     print(json.dumps(report, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
-from common import fail
+from common import run_guarded
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 
@@ -142,13 +141,7 @@ def retrieve(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        retrieve(args)
-    except (FileNotFoundError, ValueError) as err:
-        if os.environ.get("REID_DHM_DEBUG"):
-            raise
-        return fail(str(err).splitlines()[0])
-    return 0
+    return run_guarded(retrieve, args)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from common import fail
+from common import run_guarded
 
 from reid_dhm.data.reid_manager import REID_DATASETS
 
@@ -100,13 +99,7 @@ def evaluate_checkpoint(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        evaluate_checkpoint(args)
-    except (FileNotFoundError, ValueError) as err:
-        if os.environ.get("REID_DHM_DEBUG"):
-            raise
-        return fail(str(err).splitlines()[0])
-    return 0
+    return run_guarded(evaluate_checkpoint, args)
 
 
 if __name__ == "__main__":

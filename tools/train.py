@@ -20,14 +20,12 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from common import (
     ConfigError,
-    UsageError,
     build_branch_sampler,
     build_criterion,
     default_output_dir,
@@ -36,6 +34,7 @@ from common import (
     model_for_run,
     needs_unused_parameter_search,
     reid_data_kwargs,
+    run_guarded,
     write_config,
 )
 
@@ -207,17 +206,14 @@ def main(argv=None) -> int:
     if args.seeds is not None and cfg["task"] == "reid":
         return fail("--seeds is available for classification datasets only")
     start = time.time()
-    try:
-        if cfg["task"] == "reid":
-            run_reid(cfg, args)
-        else:
-            from train_classification import run_classification
+    if cfg["task"] == "reid":
+        status = run_guarded(run_reid, cfg, args)
+    else:
+        from train_classification import run_classification
 
-            run_classification(cfg, args)
-    except (UsageError, ConfigError, FileNotFoundError, ValueError) as err:
-        if os.environ.get("REID_DHM_DEBUG"):
-            raise
-        return fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        status = run_guarded(run_classification, cfg, args)
+    if status:
+        return status
     if is_main_process():
         print(f"done in {time.time() - start:.0f} s; outputs in {cfg['output_dir']}")
     return 0

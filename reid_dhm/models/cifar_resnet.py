@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
@@ -172,23 +172,4 @@ class DHMCifarResNet(DHMNet):
             _, (c,) = branch_blocks
             aux["aux1"] = AuxBranch("layer2", make_cifar_stage(32, 128, c, 2), 128, num_classes)
         self._set_branches(aux)
-        init_cifar_weights(self)
-
-
-def init_cifar_weights(model: nn.Module) -> None:
-    """He-normal (fan-out) convs and BN (1, 0) as the authors; linear layers N(0, 0.01).
-
-    The authors keep PyTorch's default linear init; we use AuxBranch's N(0, 0.01) for
-    every classifier so that no branch starts out more confident than another.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+        init_weights(self)

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cifar_resnet import check_branch_blocks, init_cifar_weights
-from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+from .cifar_resnet import check_branch_blocks
+from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
@@ -220,4 +220,4 @@ class DHMCifarDenseNet(DHMNet):
             body = nn.Sequential(block, *_bn_relu(c1))
             aux["aux1"] = AuxBranch("transition2", body, c1, num_classes)
         self._set_branches(aux)
-        init_cifar_weights(self)
+        init_weights(self)

@@ -197,6 +197,26 @@ class DHMNet(nn.Module):
         return plain.eval()
 
 
+def init_weights(model: nn.Module) -> None:
+    """The initialisation every registry model uses.
+
+    Convolutions He-normal (fan-out, as torchvision's ResNet and the authors' code),
+    BatchNorm (1, 0), every linear classifier N(0, 0.01) with zero bias (torchreid's
+    classifier init), so that no branch starts out more confident than another.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
@@ -233,6 +253,7 @@ __all__ = [
     "AuxBranch",
     "DHMNet",
     "check_num_classes",
+    "init_weights",
     "count_parameters",
     "resolve_branches",
 ]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 # torchreid's main path: stage -> (t, c, n, s)
 _MAIN = OrderedDict(
@@ -128,18 +128,7 @@ class DHMMobileNetV2(DHMNet):
             body.append(ConvBlock(c_in, head(out), 1))
             aux[name] = AuxBranch(fork, nn.Sequential(*body), head(out), num_classes)
         self._set_branches(aux)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
 
 def convert_torchvision_mobilenetv2(

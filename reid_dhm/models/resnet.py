@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 # depth -> (block, main blocks per stage, {branch: blocks per branch stage})
 _SPECS = {
@@ -115,18 +115,7 @@ class DHMResNet(DHMNet):
                 cin = p * exp
             aux[name] = AuxBranch(fork, nn.Sequential(*stages), cin, num_classes)
         self._set_branches(aux)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's ResNet initialisation; torchreid's classifier initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.classifier.weight, 0, 0.01)
-        nn.init.zeros_(self.classifier.bias)
+        init_weights(self)
 
 
 def to_torchvision_state_dict(state: dict) -> dict:

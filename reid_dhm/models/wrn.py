@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cifar_resnet import check_branch_blocks, init_cifar_weights
-from .dhm import AuxBranch, DHMNet, check_num_classes, resolve_branches
+from .cifar_resnet import check_branch_blocks
+from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
@@ -151,4 +151,4 @@ class DHMWideResNet(DHMNet):
             body = nn.Sequential(make_wide_stage(w2, w4, c, 2, dropout), *_bn_relu(w4))
             aux["aux1"] = AuxBranch("layer2", body, w4, num_classes)
         self._set_branches(aux)
-        init_cifar_weights(self)
+        init_weights(self)
