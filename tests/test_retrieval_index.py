@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reid_dhm.retrieval import GalleryIndex, SearchResult
+from reid_dhm.retrieval.index import _num_gpus as _faiss_gpus
 
 DIM = 16
 # ivf / ivfpq need enough points for k-means (39 per list, 2^nbits PQ centroids).
@@ -139,14 +140,18 @@ def test_bad_arguments(data):
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nlist'\]"):
         GalleryIndex(DIM, kind="hnsw", nlist=3)
     with pytest.raises(ValueError, match="m=5 must divide the dimension 16"):
-        GalleryIndex.build(x, kind="ivfpq", m=5, nlist=4, nbits=4)
+        GalleryIndex(DIM, kind="ivfpq", m=5)  # at once, not at training
     index = GalleryIndex(DIM)
     with pytest.raises(ValueError, match="features has dimension 8, the index has 16"):
         index.add(x[:, :8])
     with pytest.raises(ValueError, match="NaN or Inf"):
         index.add(np.full((2, DIM), np.nan))
-    with pytest.raises(ValueError, match="pids must have one entry per feature row"):
+    with pytest.raises(ValueError, match=r"pids has 2 entries, expected one per feature row \(4\)"):
         index.add(x[:4], pids=[1, 2])
+    with pytest.raises(ValueError, match="camids must hold integers"):
+        index.add(x[:2], camids=["a", "b"])
+    with pytest.raises(ValueError, match="paths has 1 entries"):
+        index.add(x[:2], paths=["a.jpg"])
     with pytest.raises(ValueError, match="the index is empty"):
         index.search(x[:1], 1)
     index.add(x[:4])
@@ -154,6 +159,113 @@ def test_bad_arguments(data):
         index.search(x[:1, :15], 1)
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         index.search(x[:1], 0)
+    assert len(index) == 4  # the failed adds left nothing behind
+
+
+# (params, message): every one used to reach faiss (a crash of the whole process for
+# M=0, SWIG TypeErrors, RuntimeErrors at search, a JSON TypeError at save).
+BAD_PARAMS = [
+    ({"kind": "hnsw", "M": 0}, "hnsw parameter M must be an integer >= 2, got 0"),
+    ({"kind": "hnsw", "M": 1}, "hnsw parameter M must be an integer >= 2, got 1"),
+    ({"kind": "hnsw", "efSearch": -1}, "hnsw parameter efSearch must be an integer >= 1"),
+    ({"kind": "hnsw", "efConstruction": 0}, "efConstruction must be an integer >= 1"),
+    ({"kind": "ivf", "nlist": 0}, "ivf parameter nlist must be an integer >= 1, got 0"),
+    ({"kind": "ivf", "nlist": -3}, "ivf parameter nlist must be an integer >= 1, got -3"),
+    ({"kind": "ivf", "nlist": 2.5}, "ivf parameter nlist must be an integer >= 1, got 2.5"),
+    ({"kind": "ivf", "nprobe": 0}, "ivf parameter nprobe must be an integer >= 1, got 0"),
+    ({"kind": "ivf", "nprobe": True}, "nprobe must be an integer >= 1, got True"),
+    ({"kind": "ivfpq", "nbits": 0}, r"ivfpq parameter nbits must be an integer in \[1, 16\]"),
+    ({"kind": "ivfpq", "nbits": 17}, r"nbits must be an integer in \[1, 16\], got 17"),
+    ({"kind": "ivfpq", "m": 0}, "ivfpq parameter m must be an integer >= 1, got 0"),
+    ({"kind": "ivfpq", "m": "4"}, "ivfpq parameter m must be an integer >= 1, got '4'"),
+    (
+        {"kind": "ivf", "efSearch": 4},
+        r"unknown parameter\(s\) \['efSearch'\] for kind 'ivf'; "
+        r"valid: \['nlist', 'nprobe'\]",
+    ),  # fmt: skip
+    ({"kind": "flat", "nprobe": 4}, r"for kind 'flat'; valid: \[\]"),
+    ({"device": "mps"}, "GalleryIndex runs on 'cpu' or a faiss GPU"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"kind": "hnsw", "device": "gpu"}, "faiss has no GPU version of the hnsw index"),
+]
+
+
+@pytest.mark.parametrize(("kw", "message"), BAD_PARAMS)
+def test_bad_parameters_raise_one_line_value_error(kw, message):
+    with pytest.raises(ValueError, match=message) as err:
+        GalleryIndex(DIM, **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_set_params_checks_values(data):
+    index = GalleryIndex(DIM, kind="hnsw", M=8)
+    with pytest.raises(ValueError, match="efSearch must be an integer >= 1, got 0"):
+        index.set_params(efSearch=0)
+    with pytest.raises(ValueError, match=r"cannot be changed on a 'hnsw' index; search par"):
+        index.set_params(M=4)
+    assert index.params["efSearch"] == 128  # unchanged by the failed calls
+    index.set_params(efSearch=np.int64(40))
+    assert index.params["efSearch"] == 40 and type(index.params["efSearch"]) is int
+
+
+def test_numpy_integer_parameters_save_and_load(data, tmp_path):
+    x = data[0]
+    index = GalleryIndex.build(
+        x, kind="ivfpq", nlist=np.int64(8), nprobe=np.int32(8), m=np.int64(4), nbits=np.uint8(6)
+    )
+    assert all(type(v) is int for v in index.params.values())
+    index.save(tmp_path / "np.idx")  # used to fail: np.int64 is not JSON serialisable
+    loaded = GalleryIndex.load(tmp_path / "np.idx")
+    assert loaded.params == {"nlist": 8, "nprobe": 8, "m": 4, "nbits": 6}
+
+
+@pytest.mark.skipif(_faiss_gpus() > 0, reason="needs a machine where faiss sees no GPU")
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:0"])
+def test_gpu_requested_without_gpu_fails_at_construction(device):
+    # Used to pass here and fail only at train() for ivf / ivfpq.
+    for kind in ("ivf", "ivfpq", "flat"):
+        with pytest.raises(ValueError, match=f"device='{device}' but faiss sees no GPU"):
+            GalleryIndex(DIM, kind=kind, device=device)
+
+
+def test_failed_train_leaves_params_unchanged(data):
+    x = data[0]
+    index = GalleryIndex(DIM, kind="ivfpq", nbits=8)
+    index.add(x[:100])
+    with pytest.raises(ValueError, match="needs at least 256 training vectors"):
+        index.train()
+    assert index.params["nlist"] is None and index.params["m"] is None
+    index.add(x[100:])
+    index.train()
+    # Chosen from all 2,000 vectors, not the 2 lists of the failed 100-vector attempt.
+    assert index.params["nlist"] == min(int(4 * np.sqrt(N)), N // 39)
+    assert index.params["m"] == 4
+
+
+def test_hnsw_search_beyond_ef_search_returns_k_hits(data):
+    x = data[0][:1000]
+    index = GalleryIndex(DIM, metric="euclidean", kind="hnsw", M=16, efSearch=16)
+    index.add(x)
+    res = index.search(x[:5], 500)
+    # With efSearch=16 faiss found only ~100-270 of the 500 (index -1 for the rest).
+    assert (res.indices >= 0).all()
+    assert np.all(np.diff(res.distances, axis=1) >= 0)
+    exact = np.sort(brute_force(x, x[:5], "euclidean"), axis=1)[:, :500]
+    assert np.mean(np.abs(res.distances - exact) < 1e-3) > 0.95
+    assert index.params["efSearch"] == 16  # the setting itself is unchanged
+
+
+def test_vectors_of_exact_kinds(data):
+    x = data[0][:300]
+    for kind in ("flat", "hnsw"):
+        cos = GalleryIndex.build(x, kind=kind, metric="cosine")
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        np.testing.assert_allclose(cos.vectors(), unit, rtol=0, atol=1e-6)
+        l2 = GalleryIndex.build(x, kind=kind, metric="euclidean")
+        np.testing.assert_array_equal(l2.vectors(), x)
+    for kind, kw in (("ivf", {"nlist": 4}), ("ivfpq", {"nlist": 4, "nbits": 4})):
+        with pytest.raises(ValueError, match=f"a '{kind}' index does not keep its vectors"):
+            GalleryIndex.build(x, kind=kind, **kw).vectors()
 
 
 def test_load_rejects_mismatch_and_damage(data, tmp_path):
@@ -188,6 +300,60 @@ def test_load_rejects_mismatch_and_damage(data, tmp_path):
     text.write_text("hello")
     with pytest.raises(ValueError, match=rf"{text}: damaged or not a GalleryIndex file"):
         GalleryIndex.load(text)
+    # A bare .npy array (e.g. saved features) used to give a raw TypeError.
+    npy = tmp_path / "feats.npy"
+    np.save(npy, x[:10])
+    with pytest.raises(ValueError, match=rf"{npy}: not a GalleryIndex file"):
+        GalleryIndex.load(npy)
+    pickled = tmp_path / "obj.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=rf"{pickled}: damaged or not a GalleryIndex file"):
+        GalleryIndex.load(pickled)
+
+
+def _rewrite_header(src, dst, edit):
+    import json
+
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes().decode())
+    header = edit(header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(dst, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: {k: v for k, v in h.items() if k != "dim"}, r"header \(no \['dim'\] fields"),
+        (lambda h: {**h, "size": "many"}, "size must be an integer"),
+        (lambda h: {**h, "params": [1]}, "params is list, not a mapping"),
+        (lambda h: {**h, "has": None}, "bad 'has' field"),
+        (lambda h: {**h, "dim": "16"}, "dim must be an integer >= 1, got '16'"),
+        (lambda h: {**h, "kind": "lsh"}, "unknown index kind 'lsh'"),
+        (lambda h: {**h, "params": {"M": 0}}, "unknown parameter"),
+        (lambda h: [h], "not a GalleryIndex file"),
+    ],
+)
+def test_load_rejects_bad_header_fields(data, tmp_path, edit, message):
+    good = tmp_path / "good.idx"
+    GalleryIndex.build(data[0][:50], pids=data[1][:50]).save(good)
+    bad = tmp_path / "bad.idx"
+    _rewrite_header(good, bad, edit)
+    with pytest.raises(ValueError, match=message) as err:
+        GalleryIndex.load(bad)
+    assert str(err.value).startswith(f"{bad}: ") and "\n" not in str(err.value)
+
+
+def test_saved_file_has_normal_permissions(data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        GalleryIndex.build(data[0][:20]).save(tmp_path / "g.idx")
+    finally:
+        os.umask(old)
+    # mkstemp's 0600 used to survive the rename: other users could not read the index.
+    assert (tmp_path / "g.idx").stat().st_mode & 0o777 == 0o644
 
 
 def test_interrupted_save_keeps_existing_file(data, tmp_path, monkeypatch):

@@ -1,12 +1,14 @@
 """reid_dhm.retrieval.evaluate: torchreid agreement, tie rule, skip rule, chunking, bad input."""
 
+import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from reid_dhm.retrieval import evaluate, evaluate_distmat
+from reid_dhm.retrieval import check_ranks, cmc_at, evaluate, evaluate_distmat
+from reid_dhm.retrieval.ranking import PositiveLookup, _positive_ranks_numpy, _positive_ranks_torch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # torchreid warns that its Cython evaluator is missing
@@ -266,9 +268,16 @@ BAD = {
         r"no valid query",
     ),
     "unknown metric": (lambda k: {**k, "metric": "manhattan"}, r"unknown metric 'manhattan'"),
-    "max_rank 0": (lambda k: {**k, "max_rank": 0}, r"max_rank must be >= 1"),
+    "max_rank 0": (lambda k: {**k, "max_rank": 0}, r"max_rank must be an integer >= 1, got 0"),
     "max_rank float": (lambda k: {**k, "max_rank": 5.0}, r"max_rank must be an integer"),
     "unknown device": (lambda k: {**k, "device": "tpu9"}, r"unknown device 'tpu9'"),
+    "mps device": (lambda k: {**k, "device": "mps"}, r"device 'mps' is not supported here"),
+    "float budget": (
+        lambda k: {**k, "memory_budget": 1e6},
+        r"memory_budget must be an integer >= 1, got 1000000.0",
+    ),
+    "zero budget": (lambda k: {**k, "memory_budget": 0}, r"memory_budget must be an integer"),
+    "chunk_size 0": (lambda k: {**k, "chunk_size": 0}, r"chunk_size must be an integer >= 1"),
 }
 
 
@@ -281,9 +290,11 @@ def test_bad_input_raises_one_line_value_error(case):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_requested_without_gpu():
-    with pytest.raises(ValueError, match="torch sees no CUDA device"):
-        evaluate(**_ok(), device="cuda")
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:1"])
+def test_cuda_requested_without_gpu(device):
+    # 'gpu' is the same spelling GalleryIndex accepts: a missing GPU, not an unknown name.
+    with pytest.raises(ValueError, match=f"device '{device}' requested but torch sees no CUDA"):
+        evaluate(**_ok(), device=device)
 
 
 def test_bad_distmat():
@@ -300,15 +311,93 @@ def test_bad_distmat():
         evaluate_distmat(dm[:, :29], *labels)
 
 
+def both_paths(dist, qp, gp, qc, gc, group=1):
+    """(npos, ranks) of the numpy path (CPU) and the torch path (CUDA; run on CPU here)."""
+    gidx, is_pos, is_junk = PositiveLookup(np.asarray(gp), np.asarray(gc)).block(
+        np.asarray(qp), np.asarray(qc)
+    )
+    a = _positive_ranks_numpy(dist.copy(), gidx, is_pos, is_junk, group)
+    t = [torch.from_numpy(x) for x in (dist.copy(), gidx, is_pos, is_junk)]
+    b = tuple(x.numpy() for x in _positive_ranks_torch(*t, group))
+    return a, b
+
+
+def test_junk_is_removed_when_a_positive_is_inf():
+    # Junk (entry 0: same pid, same camera) must not rank, even at the hardest
+    # positive's distance +inf; a non-junk +inf entry ties with the +inf positive and
+    # ranks by gallery order (entry 1 before positive 3, negative 4 after it).
+    dm = np.array([[np.inf, np.inf, 0.5, np.inf, np.inf]], np.float32)
+    labels = ([1], [1, 2, 1, 1, 3], [0], [0, 1, 1, 1, 1])
+    for npos, ranks in both_paths(dm, *labels):
+        assert npos.tolist() == [2] and ranks.tolist() == [1, 3]
+    assert evaluate_distmat(dm, *labels)["AP"][0] == pytest.approx((1 + 2 / 3) / 2)
+    # The audited case: torchreid (junk removed before ranking) gives AP 1/2.
+    dm = np.array([[0.5, 1.0, np.inf]], np.float32)
+    labels = ([1], [1, 2, 1], [0], [0, 1, 1])
+    assert evaluate_distmat(dm, *labels)["AP"][0] == 0.5
+    for _npos, ranks in both_paths(dm, *labels):
+        assert ranks.tolist() == [2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inf_distances_match_stable_sort(seed):
+    rng = np.random.default_rng(seed)
+    dist = rng.integers(0, 3, (30, 200)).astype(np.float32)
+    dist[rng.random(dist.shape) < 0.3] = np.inf  # junk, positives and negatives at +inf
+    qp, gp = rng.integers(0, 6, 30), rng.integers(0, 6, 200)
+    qc, gc = rng.integers(0, 3, 30), rng.integers(0, 3, 200)
+    ap, inp, cmc = reference(dist, qp, gp, qc, gc)
+    out = evaluate_distmat(dist, qp, gp, qc, gc)
+    np.testing.assert_allclose(out["AP"], ap, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["INP"], inp, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(out["cmc"], cmc)
+    (npos_a, ranks_a), (npos_b, ranks_b) = both_paths(dist, qp, gp, qc, gc, group=7)
+    np.testing.assert_array_equal(npos_a, npos_b)
+    np.testing.assert_array_equal(ranks_a, ranks_b)
+
+
+def test_memory_budget_covers_per_pid_arrays():
+    # A gallery of one identity: each query's (B, C) per-pid arrays are as wide as the
+    # gallery and cost many times the distance row, so the block size must count them
+    # (with only the distance rows counted this peaked at ~20x the budget).
+    rng = np.random.default_rng(3)
+    nq, ng, budget = 200, 4000, 4 * 2**20
+    dm = rng.random((nq, ng), dtype=np.float32)
+    qc, gc = rng.integers(0, 6, nq), rng.integers(0, 6, ng)
+    tracemalloc.start()
+    try:
+        out = evaluate_distmat(dm, np.ones(nq, int), np.ones(ng, int), qc, gc, memory_budget=budget)
+        peak = tracemalloc.get_traced_memory()[1]  # numpy allocations (the ranking's)
+    finally:
+        tracemalloc.stop()
+    assert out["num_valid_queries"] == nq
+    assert peak < budget, f"peak {peak / 2**20:.1f} MiB for a {budget / 2**20:.0f} MiB budget"
+    full = evaluate_distmat(dm, np.ones(nq, int), np.ones(ng, int), qc, gc)
+    np.testing.assert_array_equal(out["AP"], full["AP"])
+
+
+def test_cmc_at_ranks():
+    qf, gf, qp, gp, _, _ = random_problem(3, nq=10, ng=12, ids=3)
+    res = evaluate(qf, gf, qp, gp, np.zeros(10, int), np.ones(12, int), max_rank=50)
+    assert res["max_rank"] == 50 and res["cmc"].shape == (12,)
+    got = cmc_at(res, [1, 5, 12, 20, 50])
+    assert list(got) == [1, 5, 12, 20, 50]
+    assert got[1] == float(res["cmc"][0]) and got[5] == float(res["cmc"][4])
+    # Beyond the 12-image gallery every positive is within rank 12: the CMC is flat.
+    assert got[20] == got[50] == got[12] == 1.0
+    with pytest.raises(ValueError, match="rank 60 is above the max_rank 50"):
+        cmc_at(res, [1, 60])
+    with pytest.raises(ValueError, match="rank must be an integer >= 1, got 0"):
+        cmc_at(res, [0, 5])  # would silently read cmc[-1]
+    assert check_ranks(np.int64(5)) == (5,) and check_ranks([1, 5]) == (1, 5)
+    for bad, pattern in (([], "ranks is empty"), ([2.0], "got 2.0"), (None, "ranks must be")):
+        with pytest.raises(ValueError, match=pattern):
+            check_ranks(bad)
+
+
 @pytest.mark.parametrize("tie_heavy", [False, True])
 def test_torch_path_matches_numpy_path(tie_heavy):
     # CUDA runs the torch implementation; it runs on CPU tensors too, so check it here.
-    from reid_dhm.retrieval.ranking import (
-        PositiveLookup,
-        _positive_ranks_numpy,
-        _positive_ranks_torch,
-    )
-
     rng = np.random.default_rng(12)
     if tie_heavy:
         dist = rng.integers(0, 4, (40, 500)).astype(np.float32)

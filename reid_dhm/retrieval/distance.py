@@ -41,10 +41,6 @@ class DistanceBlocks:
             # gallery: a 500k x 2048 gallery would need another 4 GB otherwise.
             self._gterm = sq.sqrt().clamp_min(_NORM_EPS).reciprocal().neg_()  # (G,) -1/|g|
 
-    @property
-    def num_gallery(self) -> int:
-        return self.gf.shape[0]
-
     def __call__(self, q: Tensor, out: Tensor | None = None) -> Tensor:
         """Distances of ``q`` (B, D) to the gallery: (B, G) float32 (written into ``out``)."""
         if out is not None:
@@ -61,8 +57,3 @@ class DistanceBlocks:
         qhat = q * qnorm.clamp_min(_NORM_EPS).reciprocal()
         s = torch.mm(qhat, self.gf.T, out=out)
         return s.mul_(self._gterm).add_(1.0)
-
-
-def pairwise_distance(a: Tensor, b: Tensor, metric: str) -> Tensor:
-    """Dense ``dist(a, b)``: (N, D) x (M, D) -> (N, M) float32, for small inputs."""
-    return DistanceBlocks(b, metric)(a)

@@ -21,35 +21,52 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .validate import METRICS
+from ..utils.device import parse_device
+from ..utils.io import atomic_path
+from .validate import as_features, as_labels, check_int, check_metric
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 FORMAT = "reid_dhm.GalleryIndex"
 FORMAT_VERSION = 1
 
 # Defaults per kind; anything here can be overridden through GalleryIndex(**params).
+# None (nlist, m) means "chosen at training": from the sample size / the dimension.
 _DEFAULTS = {
     "flat": {},
     "ivf": {"nlist": None, "nprobe": 16},
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 128},
     "ivfpq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8},
 }
+# Valid ranges where they are not just ">= 1": faiss' HNSW crashes the process for
+# M < 2, and its product quantiser codes take 1..16 bits.
+_BOUNDS = {"M": (2, None), "nbits": (1, 16)}
+# What set_params may change on a built index.
+_SEARCH_PARAMS = {"ivf": ("nprobe",), "ivfpq": ("nprobe",), "hnsw": ("efSearch",)}
 _NEEDS_TRAINING = ("ivf", "ivfpq")
+# Kinds whose faiss index stores the (prepared) vectors exactly, so they can be read back.
+_KEEPS_VECTORS = ("flat", "hnsw")
 # faiss' k-means wants at least 39 training points per centroid to be well fed.
 _POINTS_PER_CENTROID = 39
+# Arrays of a saved file (np.savez members).
+_ARRAYS = ("header", "index", "pending", "pids", "camids", "paths")
 
 
 def _faiss():
     import faiss  # lazy: faiss pulls in large native libraries
 
     return faiss
+
+
+def _num_gpus() -> int:
+    faiss = _faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
 @dataclass
@@ -72,41 +89,34 @@ class SearchResult:
     paths: np.ndarray | None
 
 
-def _as_matrix(x, name: str, dim: int) -> np.ndarray:
-    """``x`` as a contiguous (N, dim) float32 numpy array; checks shape and values."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, {dim}), got shape {arr.shape}")
-    if arr.shape[1] != dim:
-        raise ValueError(f"{name} has dimension {arr.shape[1]}, the index has {dim}")
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
-    return arr
+def _check_params(kind: str, dim: int, params: dict) -> dict:
+    """The kind's defaults updated with ``params``, every value a checked Python int."""
+    unknown = set(params) - set(_DEFAULTS[kind])
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {sorted(unknown)} for kind {kind!r}; "
+            f"valid: {sorted(_DEFAULTS[kind])}"
+        )
+    out = dict(_DEFAULTS[kind])
+    for name, value in params.items():
+        if value is None and _DEFAULTS[kind][name] is None:
+            continue  # chosen at training
+        low, high = _BOUNDS.get(name, (1, None))
+        out[name] = check_int(value, f"{kind} parameter {name}", low, high)
+    if out.get("m") is not None and dim % out["m"]:
+        raise ValueError(f"ivfpq: m={out['m']} must divide the dimension {dim}")
+    return out
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def _meta(values, name: str, n: int, kind: str) -> np.ndarray | None:
+def _as_paths(values, n: int) -> np.ndarray | None:
     if values is None:
         return None
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values, dtype=object if kind == "path" else None)
+    if isinstance(values, (str, bytes, os.PathLike)):
+        raise ValueError("paths must be a sequence of one path per feature row, got one path")
+    arr = np.asarray(list(values), dtype=object)
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name} must have one entry per feature row ({n}), got {arr.shape}")
-    if kind == "path":
-        return np.array([str(p) for p in arr], dtype=object)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
+        raise ValueError(f"paths has {arr.shape[0]} entries, expected one per feature row ({n})")
+    return np.array([str(p) for p in arr], dtype=object)
 
 
 class GalleryIndex:
@@ -117,39 +127,34 @@ class GalleryIndex:
         metric: ``'cosine'`` (default) or ``'euclidean'`` (squared L2).
         kind: ``'flat'``, ``'ivf'``, ``'hnsw'`` or ``'ivfpq'``.
         device: ``'auto'`` (GPU when faiss sees one and the kind has a GPU version,
-            i.e. not hnsw), ``'cpu'``, or ``'cuda'``/``'gpu'`` (error without a GPU).
-        **params: kind options: ivf ``nlist`` (default ~4 sqrt(N) at training),
-            ``nprobe`` (16); hnsw ``M`` (32), ``efConstruction`` (80), ``efSearch``
-            (128); ivfpq ``nlist``, ``nprobe``, ``m`` (sub-quantisers, must divide D;
-            default the largest divisor of D <= D/4 that is <= 64), ``nbits`` (8).
+            i.e. not hnsw), ``'cpu'``, or ``'cuda'`` / ``'cuda:K'`` / ``'gpu'``
+            (ValueError here when faiss sees no such GPU).
+        **params: kind options, positive integers: ivf ``nlist`` (default ~4 sqrt(N)
+            at training), ``nprobe`` (16); hnsw ``M`` (32, >= 2), ``efConstruction``
+            (80), ``efSearch`` (128; a search for k > efSearch uses k); ivfpq
+            ``nlist``, ``nprobe``, ``m`` (sub-quantisers, must divide D; default the
+            largest divisor of D <= D/4 that is <= 64), ``nbits`` (8, at most 16).
 
     Kinds ``ivf`` / ``ivfpq`` need training: ``add`` buffers vectors until ``train()``
     (on a given sample, or on everything added so far) and ``search`` before training
     raises. ``GalleryIndex.build`` does add + train in one call.
+
+    Raises:
+        ValueError (one line): bad dim, metric, kind, device or parameter (unknown name,
+            not an integer, out of range, ``m`` not dividing D).
     """
 
     def __init__(
         self, dim: int, metric: str = "cosine", kind: str = "flat", device: str = "auto", **params
     ):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(METRICS)}")
+        self.dim = check_int(dim, "dim")
+        self.metric = check_metric(metric)
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}; valid kinds are {list(KINDS)}")
-        unknown = set(params) - set(_DEFAULTS[kind])
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) {sorted(unknown)} for kind {kind!r}; "
-                f"valid: {sorted(_DEFAULTS[kind])}"
-            )
-        if device not in ("auto", "cpu", "cuda", "gpu"):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'gpu', got {device!r}")
-        self.dim = int(dim)
-        self.metric = metric
         self.kind = kind
-        self.device = device
-        self.params = {**_DEFAULTS[kind], **params}
+        self.params = _check_params(kind, self.dim, params)
+        self._gpu_id = self._check_device(device)  # None: CPU (or 'auto', decided later)
+        self.device = "auto" if device == "auto" else str(parse_device(device))
         self._index = None  # faiss index once built (flat / hnsw at once, ivf* at train)
         self._gpu_res = None
         self._pending: list[np.ndarray] = []  # vectors added before training
@@ -158,7 +163,26 @@ class GalleryIndex:
         self._paths = np.zeros(0, dtype=object)
         self._has = {"pids": False, "camids": False, "paths": False}
         if kind not in _NEEDS_TRAINING:
-            self._set_index(self._make_index(None))
+            self._set_index(self._make_index(None)[0])
+
+    def _check_device(self, device) -> int | None:
+        """The faiss GPU an explicit CUDA device asks for (checked now, not at train)."""
+        dev = parse_device(device)
+        if dev is None or dev.type == "cpu":
+            return None
+        if dev.type != "cuda":
+            raise ValueError(
+                f"GalleryIndex runs on 'cpu' or a faiss GPU ('cuda', 'cuda:K', 'gpu'), "
+                f"got device {device!r}"
+            )
+        if self.kind == "hnsw":
+            raise ValueError("faiss has no GPU version of the hnsw index; use device='cpu'")
+        ngpu = _num_gpus()
+        gpu = dev.index or 0
+        if gpu >= ngpu:
+            seen = "no GPU" if ngpu == 0 else f"only {ngpu} GPU(s)"
+            raise ValueError(f"device={device!r} but faiss sees {seen}")
+        return gpu
 
     # ----------------------------------------------------------------- building
     @property
@@ -191,44 +215,41 @@ class GalleryIndex:
         return max(m for m in range(1, cap + 1) if self.dim % m == 0)
 
     def _make_index(self, num_train: int | None):
+        """A new CPU faiss index, and the parameters chosen for it (nlist, m for ivf*).
+
+        The chosen values are returned, not stored: ``train`` commits them only once
+        training succeeded, so a failed attempt leaves ``params`` as the user gave them.
+        """
         faiss = _faiss()
         p, d, metric = self.params, self.dim, self._faiss_metric()
         if self.kind == "flat":
-            return faiss.IndexFlat(d, metric)
+            return faiss.IndexFlat(d, metric), {}
         if self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, int(p["M"]), metric)
-            index.hnsw.efConstruction = int(p["efConstruction"])
-            return index
+            index = faiss.IndexHNSWFlat(d, p["M"], metric)
+            index.hnsw.efConstruction = p["efConstruction"]
+            return index, {}
         nlist = p["nlist"]
         if nlist is None:
             # ~4 sqrt(N) lists, but never fewer than 39 training points per list.
             nlist = max(1, min(int(4 * math.sqrt(num_train)), num_train // _POINTS_PER_CENTROID))
-            p["nlist"] = nlist
         quantizer = faiss.IndexFlat(d, metric)
         if self.kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, int(nlist), metric)
-        else:
-            m = p["m"] if p["m"] is not None else self._default_m()
-            if d % int(m):
-                raise ValueError(f"ivfpq: m={m} must divide the dimension {d}")
-            p["m"] = int(m)
-            index = faiss.IndexIVFPQ(quantizer, d, int(nlist), int(m), int(p["nbits"]), metric)
-        return index  # faiss' Python wrapper keeps the quantizer alive with the index
+            return faiss.IndexIVFFlat(quantizer, d, nlist, metric), {"nlist": nlist}
+        m = p["m"] if p["m"] is not None else self._default_m()
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, p["nbits"], metric)
+        # faiss' Python wrapper keeps the quantizer alive with the index.
+        return index, {"nlist": nlist, "m": m}
 
     def _set_index(self, index) -> None:
         """Install a CPU faiss index, moving it to the GPU when asked / available."""
         faiss = _faiss()
-        want_gpu = self.device in ("cuda", "gpu")
-        ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if want_gpu and ngpu == 0:
-            raise ValueError(f"device={self.device!r} but faiss sees no GPU")
-        if want_gpu and self.kind == "hnsw":
-            raise ValueError("faiss has no GPU version of the hnsw index; use device='cpu'")
-        use_gpu = (want_gpu or self.device == "auto") and ngpu > 0 and self.kind != "hnsw"
+        gpu = self._gpu_id
+        if gpu is None and self.device == "auto" and self.kind != "hnsw" and _num_gpus() > 0:
+            gpu = 0
         self._gpu_res = None
-        if use_gpu:
+        if gpu is not None:
             self._gpu_res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+            index = faiss.index_cpu_to_gpu(self._gpu_res, gpu, index)
         self._index = index
         self._apply_search_params()
 
@@ -236,22 +257,30 @@ class GalleryIndex:
         if self._index is None:
             return
         if self.kind in ("ivf", "ivfpq"):
-            self._index.nprobe = int(self.params["nprobe"])
+            self._index.nprobe = self.params["nprobe"]
         elif self.kind == "hnsw":
-            self._index.hnsw.efSearch = int(self.params["efSearch"])
+            self._index.hnsw.efSearch = self.params["efSearch"]
 
     def set_params(self, **params) -> None:
         """Change search-time parameters (``nprobe`` or ``efSearch``) on a built index."""
-        allowed = {"ivf": {"nprobe"}, "ivfpq": {"nprobe"}, "hnsw": {"efSearch"}}.get(self.kind, ())
+        allowed = _SEARCH_PARAMS.get(self.kind, ())
         bad = set(params) - set(allowed)
         if bad:
-            raise ValueError(f"{sorted(bad)} cannot be changed on a {self.kind!r} index")
-        self.params.update(params)
+            raise ValueError(
+                f"{sorted(bad)} cannot be changed on a {self.kind!r} index; "
+                f"search parameters: {list(allowed)}"
+            )
+        self.params = _check_params(self.kind, self.dim, {**self.params, **params})
         self._apply_search_params()
 
     def _prepare(self, x, name: str) -> np.ndarray:
-        arr = _as_matrix(x, name, self.dim)
-        return _normalise(arr) if self.metric == "cosine" else arr
+        """``x`` (N, D) as float32 numpy, L2-normalised for cosine (faiss inner product)."""
+        t, sq = as_features(x, name, torch.device("cpu"))
+        if t.shape[1] != self.dim:
+            raise ValueError(f"{name} has dimension {t.shape[1]}, the index has {self.dim}")
+        if self.metric == "cosine":
+            t = t / sq.sqrt().clamp_min(1e-12)[:, None]
+        return t.numpy()
 
     def add(self, features, pids=None, camids=None, paths=None) -> None:
         """Append N gallery entries.
@@ -264,9 +293,9 @@ class GalleryIndex:
         x = self._prepare(features, "features")
         n = x.shape[0]
         new = {
-            "pids": _meta(pids, "pids", n, "int"),
-            "camids": _meta(camids, "camids", n, "int"),
-            "paths": _meta(paths, "paths", n, "path"),
+            "pids": None if pids is None else as_labels(pids, "pids", n, "feature row"),
+            "camids": None if camids is None else as_labels(camids, "camids", n, "feature row"),
+            "paths": _as_paths(paths, n),
         }
         if self.is_trained:
             self._index.add(x)
@@ -285,6 +314,9 @@ class GalleryIndex:
 
         Args:
             features: (N, D) training sample; default all vectors added so far.
+
+        On failure (too few vectors, a faiss error) nothing changes: ``params`` keeps
+        the user's values (an automatic ``nlist`` is chosen again on the next try).
         """
         if not self.needs_training:
             return
@@ -298,16 +330,17 @@ class GalleryIndex:
             sample = np.concatenate(self._pending)
         else:
             raise ValueError(f"nothing to train the {self.kind!r} index on: add() vectors first")
-        index = self._make_index(sample.shape[0])
-        need = int(self.params["nlist"])
+        index, chosen = self._make_index(sample.shape[0])
+        need = chosen["nlist"]
         if self.kind == "ivfpq":
-            need = max(need, 2 ** int(self.params["nbits"]))
+            need = max(need, 2 ** self.params["nbits"])
         if sample.shape[0] < need:
             raise ValueError(
                 f"{self.kind} needs at least {need} training vectors (nlist / 2^nbits "
                 f"centroids), got {sample.shape[0]}"
             )
         index.train(sample)
+        self.params.update(chosen)
         self._set_index(index)
         for x in self._pending:
             self._index.add(x)
@@ -318,10 +351,7 @@ class GalleryIndex:
         cls, features, pids=None, camids=None, paths=None, *, metric="cosine", kind="flat", **kw
     ) -> GalleryIndex:
         """Create, add and (if the kind needs it) train in one call."""
-        x = features.detach().cpu().numpy() if hasattr(features, "detach") else features
-        x = np.asarray(x)
-        if x.ndim != 2:
-            raise ValueError(f"features must be 2-D (N, D), got shape {x.shape}")
+        x, _ = as_features(features, "features", torch.device("cpu"))
         index = cls(x.shape[1], metric=metric, kind=kind, **kw)
         index.add(x, pids=pids, camids=camids, paths=paths)
         index.train()
@@ -335,9 +365,11 @@ class GalleryIndex:
             queries: (Q, D) array or tensor.
             k: neighbours per query (>= 1); rows are padded with index -1 when the
                 index holds fewer than k entries.
+
+        hnsw searches with ``max(efSearch, k)`` candidates: with fewer it returns fewer
+        than k hits even when the index holds more.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        k = check_int(k, "k")
         if not self.is_trained:
             raise RuntimeError(
                 f"the {self.kind!r} index is not trained: call train() (or build()) "
@@ -346,32 +378,61 @@ class GalleryIndex:
         if len(self) == 0:
             raise ValueError("the index is empty: add() gallery features before search")
         q = self._prepare(queries, "queries")
-        dist, idx = self._index.search(q, int(k))
-        idx = idx.astype(np.int64)
-        missing = idx < 0
+        if self.kind == "hnsw" and k > self.params["efSearch"]:
+            params = _faiss().SearchParametersHNSW(efSearch=k)
+            dist, idx = self._index.search(q, k, params=params)
+        else:
+            dist, idx = self._index.search(q, k)
         if self.metric == "cosine":
             dist = 1.0 - dist  # similarity -> distance, so smaller is closer everywhere
-        dist = np.where(missing, np.inf, dist).astype(np.float32)
+        return self.gather(idx, dist)
+
+    def gather(self, indices, distances) -> SearchResult:
+        """A ``SearchResult`` for given index positions (Q, k) and their distances (Q, k).
+
+        Positions < 0 mean "no hit": distance inf, pid / camid -1, path ''.
+        """
+        idx = np.asarray(indices).astype(np.int64)
+        missing = idx < 0
+        dist = np.where(missing, np.inf, distances).astype(np.float32)
         safe = np.where(missing, 0, idx)
 
-        def gather(values, fill, key):
+        def meta(key, fill):
             if not self._has[key]:
                 return None
-            out = values[safe]
+            out = getattr(self, f"_{key}")[safe]
             out[missing] = fill
             return out
 
         return SearchResult(
             distances=dist,
             indices=idx,
-            pids=gather(self._pids, -1, "pids"),
-            camids=gather(self._camids, -1, "camids"),
-            paths=gather(self._paths, "", "paths"),
+            pids=meta("pids", -1),
+            camids=meta("camids", -1),
+            paths=meta("paths", ""),
         )
+
+    def vectors(self) -> np.ndarray:
+        """(N, D) float32 stored vectors in add order (L2-normalised for cosine).
+
+        Only ``'flat'`` and ``'hnsw'`` indexes keep them exactly (ivf needs a direct
+        map, ivfpq stores lossy codes): ValueError for the others.
+        """
+        if self.kind not in _KEEPS_VECTORS:
+            raise ValueError(
+                f"a {self.kind!r} index does not keep its vectors; only {list(_KEEPS_VECTORS)} "
+                f"indexes do"
+            )
+        if len(self) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self._index.reconstruct_n(0, len(self))
 
     # --------------------------------------------------------------- persisting
     def save(self, path: str | os.PathLike) -> None:
-        """Write index + metadata to ``path`` atomically (temp file + ``os.replace``)."""
+        """Write index + metadata to ``path`` atomically (temp file + ``os.replace``).
+
+        The file gets the permissions of a newly created one (0666 minus the umask).
+        """
         faiss = _faiss()
         path = Path(path)
         blob = np.zeros(0, np.uint8)
@@ -398,18 +459,8 @@ class GalleryIndex:
             "camids": self._camids,
             "paths": np.array(self._paths.tolist(), dtype=str),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         try:  # persist the rename itself (best effort: not every filesystem allows it)
             dfd = os.open(path.parent, os.O_RDONLY)
             try:
@@ -436,23 +487,14 @@ class GalleryIndex:
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: damaged or foreign file, or a dim / metric mismatch; the message
-                names the file.
+            ValueError: damaged or foreign file (any other zip / .npz / .npy, bad
+                header fields), or a dim / metric mismatch; the message names the file.
         """
         faiss = _faiss()
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no GalleryIndex file at {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {name: z[name] for name in z.files}
-            header = json.loads(data["header"].tobytes().decode())
-        except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
-            raise ValueError(f"{path}: damaged or not a GalleryIndex file ({exc})") from None
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a GalleryIndex file")
-        if header.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported GalleryIndex format {header.get('version')}")
+        data, header = _read_file(path)
         if dim is not None and header["dim"] != dim:
             raise ValueError(f"{path}: index dimension is {header['dim']}, expected {dim}")
         if metric is not None and header["metric"] != metric:
@@ -460,25 +502,73 @@ class GalleryIndex:
         blob = data["index"]
         if hashlib.sha256(blob.tobytes()).hexdigest() != header["index_sha256"]:
             raise ValueError(f"{path}: damaged file (index checksum mismatch)")
-        obj = cls(header["dim"], header["metric"], header["kind"], device, **header["params"])
-        size = int(header["size"])
-        meta = (data["pids"], data["camids"], data["paths"])
-        if any(len(a) != size for a in meta):
-            raise ValueError(f"{path}: damaged file (metadata length mismatch)")
-        obj._pids = data["pids"].astype(np.int64)
-        obj._camids = data["camids"].astype(np.int64)
-        obj._paths = data["paths"].astype(object)
+        try:
+            obj = cls(header["dim"], header["metric"], header["kind"], device, **header["params"])
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        size = header["size"]
+        try:
+            meta = [data[k] for k in ("pids", "camids", "paths")]
+            if any(a.ndim != 1 or len(a) != size for a in meta):
+                raise ValueError("metadata length mismatch")
+            obj._pids, obj._camids = (a.astype(np.int64) for a in meta[:2])
+            obj._paths = np.array([str(p) for p in meta[2]], dtype=object)
+            pending = data["pending"]
+            if pending.ndim != 2 or (pending.shape[0] and pending.shape[1] != obj.dim):
+                raise ValueError(f"buffered vectors of shape {pending.shape}")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: damaged file ({exc})") from None
         obj._has = header["has"]
         if blob.size:
             try:
                 index = faiss.deserialize_index(blob)
             except RuntimeError as exc:
                 raise ValueError(f"{path}: damaged file (faiss could not read it: {exc})") from None
+            if index.d != obj.dim:
+                raise ValueError(f"{path}: damaged file (faiss index of dimension {index.d})")
             obj._set_index(index)
-        pending = data["pending"]
         if pending.shape[0]:
             obj._pending = [np.ascontiguousarray(pending, dtype=np.float32)]
         stored = (obj._index.ntotal if obj._index is not None else 0) + pending.shape[0]
         if stored != size:
             raise ValueError(f"{path}: damaged file ({stored} vectors for {size} entries)")
         return obj
+
+
+def _read_file(path: Path) -> tuple[dict, dict]:
+    """The arrays and the checked JSON header of a saved index; ValueError naming ``path``."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: damaged or not a GalleryIndex file ({exc})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+        raise ValueError(f"{path}: not a GalleryIndex file (a single numpy array)")
+    try:
+        with z:
+            missing = [name for name in _ARRAYS if name not in z.files]
+            if missing:
+                raise ValueError(f"no {missing} arrays")
+            data = {name: z[name] for name in _ARRAYS}
+        header = json.loads(data["header"].tobytes().decode())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: damaged or not a GalleryIndex file ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a GalleryIndex file")
+    if header.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported GalleryIndex format {header.get('version')}")
+    try:
+        missing = [k for k in ("dim", "metric", "kind", "params", "size", "has", "index_sha256")
+                   if k not in header]  # fmt: skip
+        if missing:
+            raise ValueError(f"no {missing} fields")
+        check_int(header["size"], "size", low=0)
+        if not isinstance(header["params"], dict):
+            raise ValueError(f"params is {type(header['params']).__name__}, not a mapping")
+        has = header["has"]
+        if not isinstance(has, dict) or set(has) != {"pids", "camids", "paths"}:
+            raise ValueError(f"bad 'has' field {has!r}")
+        if data["index"].dtype != np.uint8 or data["index"].ndim != 1:
+            raise ValueError("the faiss index is not a byte array")
+    except ValueError as exc:
+        raise ValueError(f"{path}: damaged GalleryIndex header ({exc})") from None
+    return data, header

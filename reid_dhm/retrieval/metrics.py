@@ -21,21 +21,21 @@ import torch
 from torch import Tensor
 
 from .distance import DistanceBlocks
-from .ranking import BYTES_PER_ENTRY, PositiveLookup, positive_ranks
+from .ranking import BYTES_PER_ENTRY, BYTES_PER_SLOT, PositiveLookup, positive_ranks
 from .validate import (
     as_features,
     as_labels,
-    check_max_rank,
+    check_int,
     check_metric,
     check_same_dim,
-    resolve_device,
+    compute_device,
 )
 
 # Default working memory beside the features: 3/4 for the (B, G) float32 distance
-# block, 1/4 for scanning it for candidates. 1 GiB keeps Market-1501 (15,913
-# gallery) in one block and gives ~370-query blocks for a 515k gallery: the matrix
-# product measured ~25% slower with ~190-row blocks and within noise of its best from
-# ~400 rows on.
+# block and the (B, C) per-pid arrays, 1/4 for scanning the block for candidates.
+# 1 GiB keeps Market-1501 (15,913 gallery) in one block and gives ~390-query blocks
+# for a 515k gallery: the matrix product measured ~25% slower with ~190-row blocks and
+# within noise of its best from ~400 rows on.
 DEFAULT_MEMORY_BUDGET = 2**30
 
 
@@ -49,28 +49,31 @@ def _labels(q_pids, g_pids, q_camids, g_camids, nq: int, ng: int, q_of: str, g_o
 
 
 def _valid_queries(lookup: PositiveLookup, q_pids: np.ndarray, q_camids: np.ndarray):
+    """(indices of the queries with a positive, C = their largest same-pid count)."""
     npos = lookup.num_positives(q_pids, q_camids)
     valid = np.flatnonzero(npos > 0)
     if valid.size == 0:
         raise ValueError(
             "no valid query: no query has a gallery entry with its pid from another camera"
         )
-    return valid
+    return valid, lookup.width(q_pids[valid])
 
 
 def chunk_rows(
-    num_gallery: int, memory_budget: int, chunk_size: int | None, blocks: int = 1
+    num_gallery: int,
+    memory_budget: int,
+    chunk_size: int | None,
+    blocks: int = 1,
+    slots: int = 0,
 ) -> int:
-    """Queries per block: ``blocks`` (B, G) float32 blocks share 3/4 of the budget."""
+    """Queries per block: 3/4 of the budget holds, per query, ``blocks`` float32 rows
+    of G distances and ``slots`` (C) entries of the per-pid arrays (``BYTES_PER_SLOT``
+    each; C = the largest number of gallery entries with one query's pid, up to G when
+    the gallery is one identity)."""
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        return int(chunk_size)
-    if memory_budget < 1:
-        raise ValueError(f"memory_budget must be positive, got {memory_budget}")
-    return max(1, memory_budget * 3 // 4 // (4 * num_gallery * blocks))
+        return check_int(chunk_size, "chunk_size")
+    per_row = 4 * num_gallery * blocks + BYTES_PER_SLOT * slots
+    return max(1, memory_budget * 3 // 4 // per_row)
 
 
 def group_entries(memory_budget: int) -> int:
@@ -100,8 +103,9 @@ def _row_stats(npos: np.ndarray, ranks: np.ndarray):
 class _Accumulator:
     """Collects per-query results and turns them into the summary dict."""
 
-    def __init__(self, num_query: int, max_rank: int):
-        self.max_rank = max_rank
+    def __init__(self, num_query: int, max_rank: int, num_gallery: int):
+        self.requested_rank = max_rank
+        self.max_rank = min(max_rank, num_gallery)
         self.ap = np.full(num_query, np.nan)
         self.inp = np.full(num_query, np.nan)
         self.first = np.zeros(num_query, dtype=np.int64)
@@ -125,6 +129,7 @@ class _Accumulator:
             "mAP": float(self.ap[self.valid].mean()),
             "mINP": float(self.inp[self.valid].mean()),
             "cmc": cmc,
+            "max_rank": self.requested_rank,
             "num_valid_queries": n,
             "AP": self.ap,
             "INP": self.inp,
@@ -160,6 +165,7 @@ def evaluate(
         g_pids, g_camids: (G,) integer identities / camera ids of the gallery.
         metric: ``'euclidean'`` (squared L2, as torchreid) or ``'cosine'`` (1 - cos).
         max_rank: CMC length; clipped to G when the gallery is smaller (as torchreid).
+            Read ranks with ``cmc_at(result, ranks)``, which handles that clipping.
         rerank: apply k-reciprocal re-ranking (Zhong et al. 2017) to the distances
             first, with ``k1``, ``k2``, ``lambda_value`` (torchreid's defaults) and
             ``rerank_neighbors`` (``'exact'`` or ``'hnsw'``); see
@@ -167,25 +173,27 @@ def evaluate(
         device: ``'auto'`` (the device of a CUDA input, else CUDA if available, else
             CPU), or any torch device.
         chunk_size: queries per block; default from ``memory_budget``.
-        memory_budget: bytes of working memory beside the features (approximate).
+        memory_budget: bytes (int) of working memory beside the features (approximate).
 
     Exactly tied distances rank by gallery order (the earlier gallery entry first), as
     a stable sort of each row would. Memory: the features plus about
     ``memory_budget``; no (Q, G) matrix is ever formed.
 
     Returns:
-        dict with ``mAP``, ``mINP`` (floats), ``cmc`` ((max_rank,) float32),
-        ``num_valid_queries`` (int), and per query ``AP``, ``INP`` ((Q,) float64, NaN
-        for skipped queries) and ``valid`` ((Q,) bool).
+        dict with ``mAP``, ``mINP`` (floats), ``cmc`` ((min(max_rank, G),) float32),
+        ``max_rank`` (the requested one), ``num_valid_queries`` (int), and per query
+        ``AP``, ``INP`` ((Q,) float64, NaN for skipped queries) and ``valid`` ((Q,) bool).
 
     Raises:
         ValueError: NaN/Inf features, differing feature dimensions, empty inputs,
             label lengths that do not match the features, no valid query, unknown
-            metric, ``max_rank < 1``.
+            metric or device, ``max_rank`` / ``chunk_size`` / ``memory_budget`` not a
+            positive integer.
     """
     metric = check_metric(metric)
-    max_rank = check_max_rank(max_rank)
-    dev = resolve_device(device, qf, gf)
+    max_rank = check_int(max_rank, "max_rank")
+    memory_budget = check_int(memory_budget, "memory_budget")
+    dev = compute_device(device, qf, gf)
     qf, _ = as_features(qf, "qf", dev)
     gf, g_sq = as_features(gf, "gf", dev)
     check_same_dim(qf, gf)
@@ -194,11 +202,11 @@ def evaluate(
         q_pids, g_pids, q_camids, g_camids, nq, ng, "row of qf", "row of gf"
     )
     lookup = PositiveLookup(g_pids, g_camids)
-    valid = _valid_queries(lookup, q_pids, q_camids)
+    valid, width = _valid_queries(lookup, q_pids, q_camids)
     # Re-ranking holds a second (B, G) block (the overlap sums) beside the distances.
-    rows = chunk_rows(ng, memory_budget, chunk_size, blocks=2 if rerank else 1)
+    rows = chunk_rows(ng, memory_budget, chunk_size, blocks=2 if rerank else 1, slots=width)
     max_cand = group_entries(memory_budget)
-    acc = _Accumulator(nq, min(max_rank, ng))
+    acc = _Accumulator(nq, max_rank, ng)
 
     with torch.inference_mode():
         if rerank:
@@ -251,8 +259,9 @@ def evaluate_distmat(
     float32 blocks of queries and never modified. ``+inf`` entries are allowed
     (ranked last, ties by gallery index); NaN is rejected.
     """
-    max_rank = check_max_rank(max_rank)
-    dev = resolve_device(device, distmat)
+    max_rank = check_int(max_rank, "max_rank")
+    memory_budget = check_int(memory_budget, "memory_budget")
+    dev = compute_device(device, distmat)
     dm = distmat.detach() if isinstance(distmat, Tensor) else torch.from_numpy(np.asarray(distmat))
     if dm.ndim != 2:
         raise ValueError(f"distmat must be 2-D (Q, G), got shape {tuple(dm.shape)}")
@@ -265,10 +274,10 @@ def evaluate_distmat(
         q_pids, g_pids, q_camids, g_camids, nq, ng, "distmat row", "distmat column"
     )
     lookup = PositiveLookup(g_pids, g_camids)
-    valid = _valid_queries(lookup, q_pids, q_camids)
-    rows = chunk_rows(ng, memory_budget, chunk_size)
+    valid, width = _valid_queries(lookup, q_pids, q_camids)
+    rows = chunk_rows(ng, memory_budget, chunk_size, slots=width)
     max_cand = group_entries(memory_budget)
-    acc = _Accumulator(nq, min(max_rank, ng))
+    acc = _Accumulator(nq, max_rank, ng)
     with torch.inference_mode():
         for s in range(0, valid.size, rows):
             idx = valid[s : s + rows]
@@ -279,3 +288,47 @@ def evaluate_distmat(
             npos, ranks = positive_ranks(block, gidx, is_pos, is_junk, max_cand)
             acc.add(idx, npos, ranks)
     return acc.result()
+
+
+def check_ranks(ranks) -> tuple[int, ...]:
+    """``ranks`` (an int or a sequence of them, e.g. ``(1, 5, 10)``) as a tuple of ints >= 1.
+
+    Check ranks before an evaluation: ``evaluate`` then needs ``max_rank >= max(ranks)``.
+    """
+    if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool):
+        ranks = (ranks,)
+    try:
+        values = list(ranks)
+    except TypeError:
+        raise ValueError(f"ranks must be integers >= 1, got {ranks!r}") from None
+    if not values:
+        raise ValueError("ranks is empty: give at least one rank (e.g. 1)")
+    return tuple(check_int(r, "rank") for r in values)
+
+
+def cmc_at(result: dict, ranks) -> dict[int, float]:
+    """CMC values at 1-based ``ranks`` from an ``evaluate`` / ``evaluate_distmat`` result.
+
+    Args:
+        result: the dict those return (uses ``cmc`` and ``max_rank``).
+        ranks: ints >= 1, e.g. ``(1, 5, 10, 20)``.
+
+    Returns:
+        {rank: fraction of valid queries with a positive within that rank}. A rank
+        beyond a smaller gallery (``len(cmc) < rank <= max_rank``) gets the last CMC
+        value, which is exact: with G gallery entries every positive ranks within G.
+
+    Raises:
+        ValueError: a rank < 1 or not an integer, or above the ``max_rank`` the result
+            was computed with (evaluate again with ``max_rank >= max(ranks)``).
+    """
+    ranks = check_ranks(ranks)
+    cmc = np.asarray(result["cmc"])
+    max_rank = int(result.get("max_rank", len(cmc)))
+    too_high = [r for r in ranks if r > max_rank]
+    if too_high:
+        raise ValueError(
+            f"rank {too_high[0]} is above the max_rank {max_rank} this result was computed "
+            f"with; evaluate with max_rank >= {max(ranks)}"
+        )
+    return {r: float(cmc[min(r, len(cmc)) - 1]) for r in ranks}

@@ -24,17 +24,29 @@ from torch import Tensor
 
 _I64_MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
-# Worst-case bytes per distance entry while a row group is scanned for candidates:
-# one mask byte plus an 8-byte index if every entry is a candidate.
-BYTES_PER_ENTRY = 9
-# Candidates binary-searched at once on CPU (bounds the temporaries to ~50 MB).
-_SLICE = 1 << 20
+# Memory accounting (peak bytes, measured with tracemalloc on the numpy path, where a
+# one-identity gallery makes every entry both a slot and a candidate; the torch path
+# makes the same arrays):
+# * per (row, slot) of the (B, C) per-pid arrays, C = the largest number of gallery
+#   entries sharing a query's pid: ``PositiveLookup.block``'s 10 bytes plus the
+#   positives' sort keys and their temporaries (~37 measured);
+BYTES_PER_SLOT = 48
+# * per candidate binary-searched at once: keys, slots and their temporaries (~41);
+_BYTES_PER_CANDIDATE = 48
+# * per distance entry of a row group scanned for candidates, in the worst case that
+#   every entry is one: a mask byte and an 8-byte index, plus the binary search's
+#   temporaries, done in slices of at most 1/8 of the group's entries.
+_SLICE_FRACTION = 8
+BYTES_PER_ENTRY = 9 + _BYTES_PER_CANDIDATE // _SLICE_FRACTION
+# Largest slice (~50 MB of temporaries): longer ones gain nothing.
+_MAX_SLICE = 1 << 20
 
 
 def _order_key_np(d: np.ndarray) -> np.ndarray:
     """``order_key`` for a float32 numpy array."""
     bits = (d + np.float32(0.0)).view(np.int32)
-    return np.where(bits < 0, bits ^ 0x7FFFFFFF, bits).astype(np.int64)
+    np.bitwise_xor(bits, 0x7FFFFFFF, out=bits, where=bits < 0)
+    return bits.astype(np.int64)
 
 
 def order_key(d: Tensor) -> Tensor:
@@ -77,6 +89,10 @@ class PositiveLookup:
         found = self.pids[seg] == q_pids
         return seg, np.where(found, self.counts[seg], 0)
 
+    def width(self, q_pids: np.ndarray) -> int:
+        """C of ``block`` for any block of these queries: their largest same-pid count."""
+        return int(self._segments(q_pids)[1].max(initial=0))
+
     def num_positives(self, q_pids: np.ndarray, q_camids: np.ndarray) -> np.ndarray:
         """(Q,) number of gallery entries with the query's pid and another camera."""
         seg, same_pid = self._segments(q_pids)
@@ -116,7 +132,9 @@ def positive_ranks(
     """1-based rank of every positive among the kept gallery entries of each row.
 
     Args:
-        dist: (B, G) float32 distances; junk entries are overwritten with +inf.
+        dist: (B, G) float32 distances, finite or +-inf (no NaN); junk entries are
+            overwritten with NaN, which fails every ``<=``, so junk never becomes a
+            candidate, whatever the distances of the positives (even +inf).
         gidx, is_pos, is_junk: (B, C) from ``PositiveLookup.block``.
         max_entries: distance entries scanned for candidates at once (memory bound:
             ``BYTES_PER_ENTRY`` each in the worst case).
@@ -124,52 +142,63 @@ def positive_ranks(
     Returns:
         npos: (B,) int64 number of positives per row;
         ranks: (P,) int64, P = npos.sum(), the ranks row after row, ascending in a row.
+
+    Memory beside ``dist``: ``BYTES_PER_SLOT`` per (B, C) slot plus
+    ``BYTES_PER_ENTRY * max_entries`` for the scan, at most.
     """
     group = max(1, max_entries // max(dist.shape[1], 1))
+    span = max(1, min(_MAX_SLICE, max_entries // _SLICE_FRACTION))
     if dist.device.type == "cpu":
         # Single-threaded numpy after the matrix product: many short multi-threaded
         # torch ops each end in an OpenMP barrier, and on a busy machine every barrier
         # waits for a descheduled thread (measured several times slower than numpy on
         # a shared 2-core machine, and about as fast on an idle one).
-        return _positive_ranks_numpy(dist.numpy(), gidx, is_pos, is_junk, group)
+        return _positive_ranks_numpy(dist.numpy(), gidx, is_pos, is_junk, group, span)
     dev = dist.device
     t = [torch.from_numpy(a).to(dev) for a in (gidx, is_pos, is_junk)]
-    npos, ranks = _positive_ranks_torch(dist, *t, group)
+    npos, ranks = _positive_ranks_torch(dist, *t, group, span)
     return npos.cpu().numpy(), ranks.cpu().numpy()
 
 
-def _positive_ranks_numpy(dist, gidx, is_pos, is_junk, group):
+def _positive_ranks_numpy(dist, gidx, is_pos, is_junk, group, span=_MAX_SLICE):
     nrows, ngal = dist.shape
     jr, jc = np.nonzero(is_junk)
-    dist[jr, gidx[jr, jc]] = np.inf
+    dist[jr, gidx[jr, jc]] = np.nan  # removed: NaN is never <= the threshold below
+    del jr, jc
     npos = is_pos.sum(1).astype(np.int64)
     total = int(npos.sum())
     if total == 0:
         return npos, np.zeros(0, np.int64)
 
     # Sort each row's positives by (distance, gallery index) in one int64 key: the
-    # signed 32-bit distance key shifted up keeps its order, the index fills the low bits.
+    # signed 32-bit distance key shifted up keeps its order, the index fills the low
+    # bits. In place where possible: these (B, C) arrays can be as wide as the gallery.
     pdist = np.take_along_axis(dist, gidx, 1)
-    key = (_order_key_np(pdist) << 32) | gidx
-    key = np.sort(np.where(is_pos, key, np.iinfo(np.int64).max), axis=1)
-    filled = np.arange(key.shape[1])[None, :] < npos[:, None]
-    pos_row = np.nonzero(filled)[0]  # (P,) row of each positive, rows in order
-    key = key[filled]
+    # The hardest positive bounds the entries that can precede any positive.
+    thresh = np.where(is_pos, pdist, -np.inf).max(1)
+    key = _order_key_np(pdist)
+    del pdist
+    key <<= 32
+    key |= gidx
+    np.putmask(key, ~is_pos, np.iinfo(np.int64).max)
+    key.sort(axis=1)
+    key = key[np.arange(key.shape[1])[None, :] < npos[:, None]]  # (P,) row after row
     pos_gidx = key & _LOW32
     # Global key (row, distance), sorted over all P positives: one searchsorted serves
     # every row at once.
-    pos_gkey = (pos_row << 32) + ((key >> 32) + 2**31)
+    pos_gkey = key
+    pos_gkey >>= 32
+    pos_gkey += 2**31
+    pos_gkey += np.repeat(np.arange(nrows, dtype=np.int64) << 32, npos)
     row_end = np.cumsum(npos)
 
-    # The hardest positive bounds the entries that can precede any positive.
-    thresh = np.where(is_pos, pdist, -np.inf).max(1)
     counts = np.zeros(total + 1, dtype=np.int64)  # last bin: entries after every positive
     flat_dist = dist.reshape(-1)
     for r0 in range(0, nrows, group):
         r1 = min(nrows, r0 + group)
         flat = np.flatnonzero(dist[r0:r1] <= thresh[r0:r1, None]) + r0 * ngal
-        for s in range(0, flat.size, _SLICE):
-            f = flat[s : s + _SLICE]
+        for s in range(0, flat.size, span):
+            f = flat[s : s + span]
             row = f // ngal
             ckey = (row << 32) + (_order_key_np(flat_dist.take(f)) + 2**31)
             slot = np.searchsorted(pos_gkey, ckey, side="left")
@@ -180,67 +209,87 @@ def _positive_ranks_numpy(dist, gidx, is_pos, is_junk, group):
             if tied.size:
                 t_slot = slot[tied]
                 hi = np.searchsorted(pos_gkey, ckey[tied], side="right")
-                t_slot += _earlier_tied_np(pos_gidx, t_slot, hi, f[tied] % ngal)
+                t_slot += _earlier_tied_np(pos_gidx, t_slot, hi, f[tied] % ngal, span)
                 t_slot[t_slot >= row_end[row[tied]]] = total
                 slot[tied] = t_slot
             counts += np.bincount(slot, minlength=total + 1)
-    counts = counts[:total]
-    csum = np.cumsum(counts)
-    before_row = (csum - counts)[row_end - npos]  # (B,) unused for rows without positives
-    return npos, csum - before_row[pos_row]
+    del pos_gkey, pos_gidx
+    return npos, _ranks_from_counts(counts[:total], npos, row_end)
 
 
-def _positive_ranks_torch(dist, gidx, is_pos, is_junk, group):
+def _ranks_from_counts(counts: np.ndarray, npos: np.ndarray, row_end: np.ndarray) -> np.ndarray:
+    """Rank of the k-th positive of a row = kept entries of that row in buckets <= k:
+    the cumulative sum of the (P,) bucket counts, minus what earlier rows put in it."""
+    start = np.minimum(row_end - npos, counts.size - 1)  # clipped: rows without positives
+    first = counts[start]
+    np.cumsum(counts, out=counts)
+    before_row = counts[start] - first  # (B,) cumulative count before each row's bucket 0
+    counts -= np.repeat(before_row, npos)
+    return counts
+
+
+def _positive_ranks_torch(dist, gidx, is_pos, is_junk, group, span=_MAX_SLICE):
     """``_positive_ranks_numpy`` in torch, for CUDA tensors (same steps)."""
     nrows, ngal = dist.shape
     dev = dist.device
-    rows = torch.arange(nrows, device=dev)[:, None].expand_as(gidx)
     if bool(is_junk.any()):
-        dist[rows[is_junk], gidx[is_junk]] = float("inf")
+        jr, jc = is_junk.nonzero(as_tuple=True)
+        dist[jr, gidx[jr, jc]] = float("nan")  # removed: NaN is never <= the threshold
+        del jr, jc
     npos = is_pos.sum(1)
     total = int(npos.sum())
     if total == 0:
         return npos, torch.zeros(0, dtype=torch.int64, device=dev)
     pdist = dist.gather(1, gidx)
-    key = (order_key(pdist) << 32) | gidx
-    key = key.masked_fill(~is_pos, _I64_MAX).sort(dim=1).values
-    filled = torch.arange(key.shape[1], device=dev)[None, :] < npos[:, None]
-    pos_row = rows[filled]
-    key = key[filled]
-    pos_gidx = key & _LOW32
-    pos_gkey = (pos_row << 32) + ((key >> 32) + 2**31)
-    row_end = npos.cumsum(0)
     thresh = pdist.masked_fill(~is_pos, float("-inf")).amax(1)
+    key = order_key(pdist)
+    del pdist
+    key.bitwise_left_shift_(32).bitwise_or_(gidx)
+    key = key.masked_fill_(~is_pos, _I64_MAX).sort(dim=1).values
+    key = key[torch.arange(key.shape[1], device=dev)[None, :] < npos[:, None]]
+    pos_gidx = key & _LOW32
+    pos_row = torch.repeat_interleave(torch.arange(nrows, device=dev), npos)
+    pos_gkey = key.bitwise_right_shift_(32).add_(2**31).add_(pos_row << 32)
+    del pos_row
+    row_end = npos.cumsum(0)
     counts = torch.zeros(total + 1, dtype=torch.int64, device=dev)
     for r0 in range(0, nrows, group):
         r1 = min(nrows, r0 + group)
         part = dist[r0:r1]
-        flat = (part <= thresh[r0:r1, None]).view(-1).nonzero()[:, 0]
-        if flat.numel() == 0:
-            continue
-        row = flat // ngal + r0
-        ckey = (row << 32) + (order_key(part.view(-1).index_select(0, flat)) + 2**31)
-        slot = torch.searchsorted(pos_gkey, ckey, side="left")
-        tied = (pos_gkey.index_select(0, slot.clamp(max=total - 1)) == ckey).nonzero()[:, 0]
-        if tied.numel():
-            t_slot = slot.index_select(0, tied)
-            hi = torch.searchsorted(pos_gkey, ckey.index_select(0, tied), side="right")
-            t_col = flat.index_select(0, tied) % ngal
-            t_slot += _earlier_tied(pos_gidx, t_slot, hi, t_col)
-            past = t_slot >= row_end.index_select(0, row.index_select(0, tied))
-            slot.index_copy_(0, tied, t_slot.masked_fill_(past, total))
-        counts += torch.bincount(slot, minlength=total + 1)
+        flat_all = (part <= thresh[r0:r1, None]).view(-1).nonzero()[:, 0]
+        for s in range(0, flat_all.numel(), span):
+            flat = flat_all[s : s + span]
+            row = flat // ngal + r0
+            ckey = (row << 32) + (order_key(part.view(-1).index_select(0, flat)) + 2**31)
+            slot = torch.searchsorted(pos_gkey, ckey, side="left")
+            tied = (pos_gkey.index_select(0, slot.clamp(max=total - 1)) == ckey).nonzero()[:, 0]
+            if tied.numel():
+                t_slot = slot.index_select(0, tied)
+                hi = torch.searchsorted(pos_gkey, ckey.index_select(0, tied), side="right")
+                t_col = flat.index_select(0, tied) % ngal
+                t_slot += _earlier_tied(pos_gidx, t_slot, hi, t_col, span)
+                past = t_slot >= row_end.index_select(0, row.index_select(0, tied))
+                slot.index_copy_(0, tied, t_slot.masked_fill_(past, total))
+            counts += torch.bincount(slot, minlength=total + 1)
+    del pos_gkey, pos_gidx
     counts = counts[:total]
-    csum = counts.cumsum(0)
-    before_row = (csum - counts)[row_end - npos]
-    return npos, csum - before_row[pos_row]
+    start = (row_end - npos).clamp(max=total - 1)
+    first = counts[start]
+    counts = counts.cumsum(0)
+    before_row = counts[start] - first
+    return npos, counts.sub_(torch.repeat_interleave(before_row, npos))
 
 
-def _earlier_tied(pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor) -> Tensor:
-    """For each tied candidate: positives in ``pos_gidx[lo:hi]`` with a smaller index."""
+def _earlier_tied(
+    pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor, span: int = _MAX_SLICE
+) -> Tensor:
+    """For each tied candidate: positives in ``pos_gidx[lo:hi]`` with a smaller index.
+
+    Works on (n, width) pieces of at most ``span`` entries (the candidate slice's size).
+    """
     out = torch.empty_like(lo)
     width = int((hi - lo).max())
-    step = max(1, (1 << 22) // width)  # bound the (n, width) temporaries
+    step = max(1, span // width)
     span = torch.arange(width, device=lo.device)
     for s in range(0, lo.numel(), step):
         a, b, c = lo[s : s + step], hi[s : s + step], cand_gidx[s : s + step]
@@ -251,11 +300,11 @@ def _earlier_tied(pos_gidx: Tensor, lo: Tensor, hi: Tensor, cand_gidx: Tensor) -
     return out
 
 
-def _earlier_tied_np(pos_gidx, lo, hi, cand_gidx) -> np.ndarray:
+def _earlier_tied_np(pos_gidx, lo, hi, cand_gidx, span=_MAX_SLICE) -> np.ndarray:
     """``_earlier_tied`` for numpy arrays."""
     out = np.empty_like(lo)
     width = int((hi - lo).max())
-    step = max(1, (1 << 22) // width)
+    step = max(1, span // width)
     span = np.arange(width)
     for s in range(0, lo.size, step):
         a, b, c = lo[s : s + step], hi[s : s + step], cand_gidx[s : s + step]

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .distance import DistanceBlocks
-from .validate import as_features, check_same_dim, resolve_device
+from .validate import as_features, check_int, check_metric, check_same_dim, compute_device
 
 _TINY = torch.finfo(torch.float32).tiny
 # Items whose base distances are sampled to estimate a row maximum (approximate mode).
@@ -39,14 +39,16 @@ _ROWMAX_SAMPLE = 8192
 
 
 def _check_params(k1, k2, lambda_value) -> tuple[int, int, float]:
-    for name, v in (("k1", k1), ("k2", k2)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"re-ranking {name} must be an integer >= 1, got {v!r}")
+    k1, k2 = check_int(k1, "re-ranking k1"), check_int(k2, "re-ranking k2")
     if k2 > k1 + 1:
         raise ValueError(f"re-ranking needs k2 <= k1 + 1, got k1={k1}, k2={k2}")
-    if not 0.0 <= float(lambda_value) <= 1.0:
-        raise ValueError(f"re-ranking lambda_value must be in [0, 1], got {lambda_value}")
-    return int(k1), int(k2), float(lambda_value)
+    try:
+        lam = float(lambda_value)
+    except (TypeError, ValueError):
+        lam = float("nan")  # reported below
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"re-ranking lambda_value must be in [0, 1], got {lambda_value!r}")
+    return k1, k2, lam
 
 
 def _expand_ranges(starts: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,11 +257,12 @@ class KReciprocalReranker:
         self.k1, self.k2, self.lam = _check_params(k1, k2, lambda_value)
         if neighbors not in ("exact", "hnsw"):
             raise ValueError(f"neighbors must be 'exact' or 'hnsw', got {neighbors!r}")
-        dev = resolve_device(device, qf, gf)
+        self.metric = check_metric(metric)
+        memory_budget = check_int(memory_budget, "memory_budget")
+        dev = compute_device(device, qf, gf)
         self.qf, q_sq = as_features(qf, "qf", dev)
         self.gf, g_sq = as_features(gf, "gf", dev)
         check_same_dim(self.qf, self.gf)
-        self.metric = metric
         self.nq, self.ng = self.qf.shape[0], self.gf.shape[0]
         self.to_q = DistanceBlocks(self.qf, metric, q_sq)
         self.to_g = DistanceBlocks(self.gf, metric, g_sq)

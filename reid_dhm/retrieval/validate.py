@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.device import resolve_device
+
 METRICS = ("euclidean", "cosine")
 
 
@@ -21,32 +23,26 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def check_max_rank(max_rank) -> int:
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)):
-        raise ValueError(f"max_rank must be an integer >= 1, got {max_rank!r}")
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    return int(max_rank)
+def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
+    """``value`` as a Python int in ``[low, high]``, else a one-line ``ValueError``.
 
-
-def resolve_device(device: str | torch.device, *arrays) -> torch.device:
-    """The device to compute on.
-
-    ``'auto'``: the device of the first input that is a non-CPU torch tensor, else CUDA
-    when torch sees one, else CPU. Anything else is passed to ``torch.device``.
+    numpy integers become plain ints (JSON and faiss' SWIG layer reject numpy scalars);
+    bool and float (even integral ones such as ``1e6``) are rejected, not truncated.
     """
-    if device != "auto":
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"unknown device {device!r}: {exc}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} requested but torch sees no CUDA device")
-        return dev
-    for a in arrays:
-        if isinstance(a, Tensor) and a.device.type != "cpu":
-            return a.device
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if ok:
+        value = int(value)
+        ok = value >= low and (high is None or value <= high)
+    if not ok:
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+    return value
+
+
+def compute_device(device: str | torch.device, *tensors) -> torch.device:
+    """``utils.device.resolve_device`` for the ranking code, which runs on CPU (numpy) or
+    CUDA (torch) only; ``'auto'`` follows a CUDA input."""
+    return resolve_device(device, *tensors, supported=("cpu", "cuda"))
 
 
 def as_features(x, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
