@@ -142,3 +142,11 @@ def test_bad_branch_names():
         DHMLoss(ce_weights={"aux9": 1.0})(make_logits(), TARGETS)
     with pytest.raises(ValueError, match="no 'main' branch"):
         DHMLoss()({"aux1": torch.randn(5, K)}, TARGETS)
+
+
+def test_a_single_branch_name_string_is_refused():
+    # list('aux1') would be ['a', 'u', 'x', '1']: refused rather than misread.
+    with pytest.raises(ValueError, match="active must be a list of branch names.*'aux1'"):
+        DHMLoss()(make_logits(), TARGETS, active="aux1")
+    with pytest.raises(ValueError, match="ce_weights must be a mapping"):
+        DHMLoss(ce_weights="aux1")

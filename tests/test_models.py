@@ -1,5 +1,6 @@
 """DHM models: structure, gradients, deployment parity and interoperability."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -193,6 +194,10 @@ def test_torchreid_factory_registration():
         (dict(name="resnet9000", num_classes=3), "valid models are .*dhm_resnet50"),
         (dict(name="dhm_resnet18", num_classes=0), "num_classes must be an integer >= 1"),
         (dict(name="dhm_resnet18", num_classes=2.5), "num_classes"),
+        (dict(name="dhm_resnet18", num_classes=5.0), "num_classes must be an integer"),
+        (dict(name="dhm_resnet18", num_classes=True), "num_classes must be an integer"),
+        (dict(name="dhm_resnet18", num_classes="5"), "num_classes must be an integer"),
+        (dict(name="dhm_resnet18", num_classes=np.int64(0)), "num_classes must be an integer"),
         (dict(name="dhm_resnet18", num_classes=3, branches=("aux9",)), "valid branches are"),
         (dict(name="dhm_mobilenetv2", num_classes=3, branches="aux1,auxx"), "'auxx'"),
         (dict(name="dhm_resnet18", num_classes=3, last_stride=3), "last_stride"),
@@ -201,6 +206,35 @@ def test_torchreid_factory_registration():
 def test_bad_arguments_raise_clear_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(**kwargs)
+
+
+def test_numpy_integer_class_count_is_accepted():
+    model = build_model("dhm_resnet18", np.int64(5))
+    assert model.num_classes == 5 and type(model.init_kwargs["num_classes"]) is int
+    assert model.deploy().num_classes == 5
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("dhm_resnet18", dict(last_strde=1), r"'dhm_resnet18' takes no keyword 'last_strde'"),
+        ("resnet50", dict(depth=101), r"'resnet50' takes no keyword 'depth'"),
+        ("dhm_mobilenetv2", dict(last_stride=1), r"'last_stride'.*\['branches', 'width_mult'\]"),
+    ],
+)
+def test_unknown_model_keyword_is_a_value_error_listing_accepted_ones(name, kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        build_model(name, 3, **kwargs)
+    if name == "dhm_resnet18":
+        assert "['branches', 'last_stride']" in str(info.value)
+
+
+def test_a_single_branch_name_string_is_refused():
+    model = build_model("dhm_resnet18", 3).train()
+    with pytest.raises(ValueError, match="not the string 'aux1'"):
+        model.set_active_branches("aux1")
+    with pytest.raises(ValueError, match="not the string 'main'"):
+        model.forward_branches(X, "main")
 
 
 def test_unknown_branch_at_runtime():

@@ -39,3 +39,21 @@ def test_bad_arguments():
         BranchSampler(BRANCHES, "bernoulli", p={"aux7": 0.5})
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         BranchSampler(BRANCHES, "bernoulli", p=1.5)
+
+
+def test_a_string_for_branches_is_refused():
+    with pytest.raises(ValueError, match="branches must be a list of branch names.*'main'"):
+        BranchSampler("main")
+    with pytest.raises(ValueError, match="'main'"):
+        BranchSampler("main", "bernoulli")
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", True])
+def test_bad_seed_names_the_argument(seed):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        BranchSampler(BRANCHES, "bernoulli", seed=seed)
+
+
+def test_bad_epoch_names_the_argument():
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -2"):
+        BranchSampler(BRANCHES, "bernoulli").sample(-2)

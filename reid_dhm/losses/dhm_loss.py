@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.dhm import branch_name_tuple
+
 MODES = ("baseline", "dsl", "dhm")
 DIRECTIONS = ("bidirectional", "top-down", "bottom-up")
 MAIN = "main"
@@ -103,6 +105,10 @@ class DHMLoss(nn.Module):
             raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
         self.label_smooth = float(label_smooth)
         self.temperature = float(temperature)
+        if ce_weights is not None and not isinstance(ce_weights, Mapping):
+            raise ValueError(
+                f"ce_weights must be a mapping branch -> weight, got {type(ce_weights).__name__}"
+            )
         self.ce_weights = dict(ce_weights or {})
         self.kl_weight = float(kl_weight)
 
@@ -121,7 +127,7 @@ class DHMLoss(nn.Module):
             return [MAIN]
         if active is None:
             return available
-        active = set(active)
+        active = set(branch_name_tuple(active, "active"))
         unknown = sorted(active - set(available))
         if unknown:
             raise ValueError(

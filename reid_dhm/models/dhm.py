@@ -9,6 +9,7 @@ lives here once, for every architecture.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
@@ -102,7 +103,7 @@ class DHMNet(nn.Module):
         if names is None:
             self._active = None
             return
-        names = tuple(names)
+        names = branch_name_tuple(names, "active branches")
         self._check_branch_names(names)
         self._active = tuple(n for n in self.aux_branches if n in names)
 
@@ -135,7 +136,7 @@ class DHMNet(nn.Module):
         Returns:
             :class:`BranchOutputs` with logits (B, num_classes) and features (B, D_b).
         """
-        names = self.branch_names if branches is None else tuple(branches)
+        names = self.branch_names if branches is None else branch_name_tuple(branches, "branches")
         self._check_branch_names(names)
         aux = [n for n in self.aux_branches if n in names]
         taps = self._run_main(x, {self.aux_branches[n].fork for n in aux})
@@ -221,9 +222,20 @@ def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
-def check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+def check_num_classes(num_classes: int) -> int:
+    """``num_classes`` as a Python int >= 1; anything else raises ``ValueError``.
+
+    Any integer type counts (``operator.index``: numpy integers from a label array,
+    torch integer scalars), but not ``bool`` and not floats, even integral ones: a
+    float class count is a bug upstream, not something to round.
+    """
+    try:
+        value = None if isinstance(num_classes, bool) else operator.index(num_classes)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    return value
 
 
 def resolve_branches(
@@ -244,6 +256,19 @@ def resolve_branches(
     return tuple(sorted(chosen))
 
 
+def branch_name_tuple(names: Iterable[str], what: str) -> tuple[str, ...]:
+    """``names`` as a tuple; a bare string is refused with a ``ValueError``.
+
+    ``tuple('aux1')`` would silently become ``('a', 'u', 'x', '1')``; ``what`` names
+    the argument in the message.
+    """
+    if isinstance(names, str):
+        raise ValueError(
+            f"{what} must be a list of branch names, not the string {names!r} (write [{names!r}])"
+        )
+    return tuple(names)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -252,6 +277,7 @@ __all__ = [
     "MAIN",
     "AuxBranch",
     "DHMNet",
+    "branch_name_tuple",
     "check_num_classes",
     "init_weights",
     "count_parameters",

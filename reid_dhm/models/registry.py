@@ -6,14 +6,17 @@ side effects); ``register_model`` adds user models and refuses duplicate names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+
+from torch import Tensor
 
 from .cifar_resnet import DHMCifarResNet
 from .densenet import DHMCifarDenseNet
-from .dhm import DHMNet
+from .dhm import DHMNet, check_num_classes
 from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
 from .resnet import DHMResNet
 from .weights import hub_weight_path, load_backbone_weights
@@ -153,25 +156,70 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def _check_kwargs(name: str, entry: ModelEntry, kwargs: dict) -> None:
+    """Unknown keywords name the model and list what its builder accepts.
+
+    Without this, a typo such as ``last_strde=1`` surfaces as the constructor's
+    ``TypeError``, which names neither the registry model nor the valid options.
+    """
+    try:
+        params = inspect.signature(entry.builder).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        n
+        for n, p in params.items()
+        if n != "num_classes" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ValueError(
+            f"model {name!r} takes no keyword {unknown[0]!r}; accepted keywords are "
+            f"{accepted} (besides num_classes and pretrained)"
+        )
+
+
+def _check_pretrained(pretrained) -> None:
+    if pretrained is None or isinstance(pretrained, (bool, str, os.PathLike, Mapping)):
+        return
+    raise ValueError(
+        f"pretrained must be True, False, a path to a weight file or a state dict, "
+        f"got {type(pretrained).__name__} {pretrained!r}"
+    )
+
+
 def build_model(
-    name: str, num_classes: int, pretrained: bool | str | Path = False, **kwargs
+    name: str,
+    num_classes: int,
+    pretrained: bool | str | os.PathLike | Mapping[str, Tensor] | None = False,
+    **kwargs,
 ) -> DHMNet:
     """Build a registered model.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``'dhm_resnet50'``.
-        num_classes: classes (identities) every branch classifies, >= 1.
-        pretrained: ``False``; a path to torchvision-format ImageNet weights; or
-            ``True`` to take torchvision's file from the local torch hub cache (never
-            downloaded). Weights go into the main-branch backbone only.
+        num_classes: classes (identities) every branch classifies, an integer >= 1
+            (numpy integers are accepted; bools and floats are not).
+        pretrained: ``False`` or ``None`` for none; a path to torchvision-format
+            ImageNet weights; a state dict; or ``True`` to take torchvision's file from
+            the local torch hub cache (never downloaded). Weights go into the
+            main-branch backbone only.
         **kwargs: architecture options, e.g. ``branches=('aux1',)`` or ``last_stride=1``.
 
     Returns:
         A :class:`DHMNet`: training mode returns ``BranchOutputs`` (``.logits`` and
         ``.features`` by branch), eval mode the (B, D) main embedding.
+
+    Raises:
+        ValueError: unknown model, bad ``num_classes``, ``pretrained`` or keyword, or
+            weights that do not fit; FileNotFoundError: a missing weight file.
     """
     entry = get_entry(name)
-    model = entry.builder(num_classes=num_classes, **kwargs)
+    _check_pretrained(pretrained)
+    _check_kwargs(name, entry, kwargs)
+    model = entry.builder(num_classes=check_num_classes(num_classes), **kwargs)
     if pretrained is True:
         pretrained = hub_weight_path(entry.hub_files)
     if pretrained is not False and pretrained is not None:

@@ -1,14 +1,16 @@
 """Loading weight files: ImageNet backbones into a main branch, robustly.
 
 Handles what makes checkpoints stop loading elsewhere: ``torch.load`` with
-``weights_only=True`` (the torch >= 2.6 default), wrapped dicts (``state_dict``,
-``model``), ``module.`` prefixes from (Distributed)DataParallel, and missing or
-damaged files, each with a one-line error naming the file.
+``weights_only=True`` (the torch >= 2.6 default; files are read by
+:func:`reid_dhm.utils.torch_io.read_torch_file`), wrapped dicts (``state_dict``,
+``model``), ``module.`` / ``_orig_mod.`` prefixes from (Distributed)DataParallel and
+``torch.compile``, and missing, damaged or mismatched files, each with a one-line
+error naming the file.
 """
 
 from __future__ import annotations
 
-import pickle
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,38 +18,36 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..utils.torch_io import read_torch_file, strip_wrapper_prefixes
 from .dhm import DHMNet
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 
 
-def read_state_dict(path: str | Path) -> OrderedDict[str, Tensor]:
-    """Read a tensor state dict from ``path`` without executing pickled code.
-
-    Accepts a bare state dict or a checkpoint dict that wraps one under a key of
-    ``WRAPPER_KEYS``; strips ``module.`` prefixes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read weight file {path}: {first}") from None
+def _tensor_state(obj, name: str) -> OrderedDict[str, Tensor]:
+    """The tensor state dict inside ``obj``: unwrapped, without wrapper key prefixes."""
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no tensor state dict")
-    return strip_prefix(obj, "module.")
+        raise ValueError(f"{name} holds no tensor state dict")
+    return strip_wrapper_prefixes(obj)
 
 
-def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> OrderedDict[str, Tensor]:
-    """Remove ``prefix`` from every key that has it (DataParallel / DDP checkpoints)."""
-    n = len(prefix)
-    return OrderedDict((k[n:] if n and k.startswith(prefix) else k, v) for k, v in state.items())
+def read_state_dict(path: str | os.PathLike) -> OrderedDict[str, Tensor]:
+    """Read a tensor state dict from ``path`` without executing pickled code.
+
+    Accepts a bare state dict or a checkpoint dict that wraps one under a key of
+    ``WRAPPER_KEYS`` (torchreid's checkpoints, with their numpy metrics, included);
+    strips ``module.`` (DataParallel) and ``_orig_mod.`` (``torch.compile``) prefixes.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file when it is damaged, unsafe or holds no
+            state dict.
+    """
+    return _tensor_state(read_torch_file(path, what="weight file"), str(path))
 
 
 def hub_weight_path(filenames: tuple[str, ...]) -> Path:
@@ -72,27 +72,33 @@ def load_backbone_weights(
 ) -> list[str]:
     """Load ImageNet weights into the main-branch backbone of ``model`` (not its classifier).
 
-    Every backbone tensor must be present with the right shape (strict on the
-    backbone), otherwise a ``ValueError`` names the first offending key. The source's
-    own classifier (``fc.*``/``classifier.*``) is ignored: class counts differ.
+    Strict on the backbone: every backbone tensor must be present with the right
+    shape, and the source may hold no backbone tensor the model lacks (weights of a
+    deeper ResNet are refused, not partly loaded); otherwise a ``ValueError`` names
+    the first offending key. The source's own classifier (``fc.*``/``classifier.*``)
+    and anything outside the backbone are ignored: class counts differ.
 
     Args:
         model: the model to fill; aux branches and classifiers keep their init.
-        source: a path to a weight file or a state dict.
+        source: a path to a weight file, or a state dict (wrapped or ``module.``-prefixed
+            dicts are accepted exactly as in a file).
         converter: optional ``(source, target) -> state dict`` mapping for sources
             in another layout (see ``convert_torchvision_mobilenetv2``).
 
     Returns:
         The loaded keys.
     """
-    name = str(source) if isinstance(source, (str, Path)) else "the given state dict"
-    state = read_state_dict(source) if isinstance(source, (str, Path)) else strip_prefix(source, "")
+    if isinstance(source, (str, os.PathLike)):
+        name, state = str(source), read_state_dict(source)
+    else:
+        name = "the given state dict"
+        state = _tensor_state(source, name)
+    backbone = model.pretrained_module_names()
     # BN's num_batches_tracked is bookkeeping, absent from many published files.
     target = OrderedDict(
         (k, v)
         for k, v in model.main_state_dict().items()
-        if k.split(".")[0] in model.pretrained_module_names()
-        and not k.endswith("num_batches_tracked")
+        if k.split(".")[0] in backbone and not k.endswith("num_batches_tracked")
     )
     if converter is not None and not all(k in state for k in target):
         state = converter(state, target)
@@ -101,6 +107,19 @@ def load_backbone_weights(
         raise ValueError(
             f"{name} does not fit {type(model).__name__}: missing {missing[0]!r} "
             f"({len(missing)} of {len(target)} backbone tensors missing)"
+        )
+    # Tensors of backbone modules the model lacks mean another architecture, e.g. a
+    # ResNet-34 file for a ResNet-18, whose first blocks would otherwise load silently.
+    unexpected = [
+        k
+        for k in state
+        if k.split(".")[0] in backbone and k not in target and not k.endswith("num_batches_tracked")
+    ]
+    if unexpected:
+        raise ValueError(
+            f"{name} does not fit {type(model).__name__}: unexpected {unexpected[0]!r} "
+            f"({len(unexpected)} backbone tensors the model does not have; weights of a "
+            "deeper or different network?)"
         )
     for k, v in target.items():
         if tuple(state[k].shape) != tuple(v.shape):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import torch
 from torch import nn
 
 from ..models import DHMNet, build_model, get_entry
-from ..models.weights import strip_prefix
 from .io import atomic_write
+from .torch_io import read_torch_file, strip_wrapper_prefixes
 
 FORMAT = "reid_dhm.checkpoint/1"
 
@@ -94,33 +93,20 @@ def save_checkpoint(
     return Path(path)
 
 
-def _numpy_safe_globals() -> list:
-    # torchreid's own checkpoints store numpy scalars (e.g. rank1); allow exactly those types.
-    types = [np.dtype, np.ndarray, type(np.dtype("float64")), type(np.dtype("float32"))]
-    try:
-        types.append(np._core.multiarray.scalar)
-        types.append(np._core.multiarray._reconstruct)
-    except AttributeError:  # numpy < 2
-        types.append(np.core.multiarray.scalar)
-        types.append(np.core.multiarray._reconstruct)
-    return types
-
-
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; clear one-line errors for bad files.
 
     Also reads torchreid checkpoints (numpy scalars are allowed explicitly) and bare
-    state dicts (returned as ``{'state_dict': ...}``).
+    state dicts (returned as ``{'state_dict': ...}``). ``module.`` / ``_orig_mod.``
+    prefixes of DDP-wrapped or compiled models are stripped from the state dict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file when it is damaged, unsafe (holds Python
+            objects other than tensors and plain values) or holds no state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
+    obj = read_torch_file(path, map_location, what="checkpoint")
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} is not a checkpoint (it holds a {type(obj).__name__})")
     if "state_dict" not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -128,7 +114,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if "state_dict" not in obj:
         raise ValueError(f"{path} holds no 'state_dict'")
     obj = dict(obj)
-    obj["state_dict"] = strip_prefix(obj["state_dict"], "module.")
+    if not isinstance(obj["state_dict"], Mapping):
+        kind = type(obj["state_dict"]).__name__
+        raise ValueError(f"{path}: its 'state_dict' is a {kind}, not a dict of tensors")
+    obj["state_dict"] = strip_wrapper_prefixes(obj["state_dict"])
     obj["path"] = str(path)
     return obj
 
