@@ -1,4 +1,11 @@
-"""Parameters and FLOPs per branch: what DHM costs in training and (nothing) at inference."""
+"""Parameters and FLOPs per branch: what DHM costs in training and (nothing) at inference.
+
+Every branch row counts the branch's embedding network only (stages and pooling).
+Classifiers are reported apart, in one ``classifiers`` row: they exist only in
+training (the deployed model returns the embedding), and their size depends on the
+class count of the training set, not on the architecture. So a plain backbone costs
+exactly the same in its ``main``, ``train`` and ``deploy`` rows.
+"""
 
 from __future__ import annotations
 
@@ -19,42 +26,60 @@ def _flops(fn, *args) -> int:
 
 @torch.no_grad()
 def branch_costs(model: DHMNet, input_size: tuple[int, int] = (256, 128)) -> OrderedDict:
-    """Forward cost of one image, per branch and in total.
+    """Forward cost of one image, per branch and in total, classifiers apart.
 
     FLOPs are counted by ``torch.utils.flop_counter`` (2 per multiply-add, convolutions
-    and linear layers). The main row includes its classifier; each aux row is the
-    branch alone (its own stages, pooling and classifier) on top of the shared stem.
+    and linear layers).
 
     Args:
         model: any registry model.
         input_size: (H, W) of the input image.
 
     Returns:
-        ``{row: {"params": int, "flops": int}}`` with rows ``main``, each aux branch,
-        ``train`` (all branches) and ``deploy`` (``model.deploy()`` in eval mode).
+        ``{row: {"params": int, "flops": int}}`` with rows
+
+        * ``main``: the main path up to its pooled embedding (no classifier);
+        * each aux branch: its own stages and pooling on top of the shared stem;
+        * ``classifiers``: the classifiers of all branches (training only);
+        * ``train``: a training forward pass of every branch without the classifiers,
+          measured, so it equals the sum of the branch rows;
+        * ``deploy``: ``model.deploy()`` in eval mode (the embedding network), which
+          equals ``main``.
     """
     was_training = model.training
     model.eval()
     try:
         x = torch.zeros(1, 3, *input_size, device=next(model.parameters()).device)
         taps = model._run_main(x, {b.fork for b in model.aux_branches.values()})
+        feats = {MAIN: taps.pop(None)}
+        heads = {MAIN: model.classifier}
         rows = OrderedDict()
         rows[MAIN] = {
-            "params": count_parameters(model) - count_parameters(model.aux_branches),
-            "flops": _flops(lambda: model.forward_branches(x, [MAIN])),
+            "params": count_parameters(model)
+            - count_parameters(model.aux_branches)
+            - count_parameters(model.classifier),
+            "flops": _flops(lambda: model.embed(x)),
         }
         for name, branch in model.aux_branches.items():
             tap = taps[branch.fork]
+            feats[name], heads[name] = branch.embed(tap), branch.classifier
             rows[name] = {
-                "params": count_parameters(branch),
-                "flops": _flops(lambda b=branch, t=tap: b.classifier(b.embed(t))),
+                "params": count_parameters(branch) - count_parameters(branch.classifier),
+                "flops": _flops(lambda b=branch, t=tap: b.embed(t)),
             }
+        rows["classifiers"] = {
+            "params": sum(count_parameters(h) for h in heads.values()),
+            "flops": sum(_flops(h, feats[n]) for n, h in heads.items()),
+        }
         rows["train"] = {
-            "params": count_parameters(model),
-            "flops": _flops(lambda: model.forward_branches(x)),
+            "params": count_parameters(model) - rows["classifiers"]["params"],
+            "flops": _flops(lambda: model.forward_branches(x)) - rows["classifiers"]["flops"],
         }
         deployed = model.deploy()
-        rows["deploy"] = {"params": count_parameters(deployed), "flops": _flops(deployed, x)}
+        rows["deploy"] = {
+            "params": count_parameters(deployed) - count_parameters(deployed.classifier),
+            "flops": _flops(deployed, x),
+        }
     finally:
         model.train(was_training)
     return rows
