@@ -77,3 +77,20 @@ def test_bad_parameters():
         re_ranking(qg, qq[:3, :3], gg)
     with pytest.raises(ValueError, match="neighbors must be 'exact' or 'hnsw'"):
         KReciprocalReranker(*clustered(5, nq=4, ng=8), neighbors="ivf")
+
+
+def test_topk_is_the_head_of_the_stably_sorted_rows():
+    qf, gf = clustered(6)
+    ref = torchreid_re_ranking(*matrices(qf, gf, "cosine"))
+    order = np.argsort(ref, axis=1, kind="stable")[:, :7]
+    rr = KReciprocalReranker(qf, gf, "cosine")
+    for budget in (512 * 2**20, 20 * 150 * 4):  # one block; blocks of 4 queries
+        dist, idx = rr.topk(7, memory_budget=budget)
+        assert dist.shape == idx.shape == (30, 7) and idx.dtype == torch.int64
+        np.testing.assert_array_equal(idx.numpy(), order)
+        np.testing.assert_allclose(dist.numpy(), np.take_along_axis(ref, order, 1), atol=1e-5)
+    assert rr.topk(1000)[1].shape == (30, 150)  # k clipped to the gallery
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
+        rr.topk(0)
+    with pytest.raises(ValueError, match="memory_budget must be an integer >= 1, got 1000000.0"):
+        KReciprocalReranker(qf, gf, memory_budget=1e6)

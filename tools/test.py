@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 5, 10, 20],
+                   help="Rank-k values to print (each >= 1)")  # fmt: skip
     p.add_argument("--output", help="also write the results as JSON here")
     return p
 
@@ -41,11 +42,12 @@ def evaluate_checkpoint(args) -> dict:
     from reid_dhm.data.reid_manager import build_reid_datamanager
     from reid_dhm.engines.reid_engine import format_results
     from reid_dhm.inference import extract_loader_features
-    from reid_dhm.retrieval import evaluate
+    from reid_dhm.retrieval import check_ranks, cmc_at, evaluate
     from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
     from reid_dhm.utils.device import resolve_device
     from reid_dhm.utils.io import atomic_write_text
 
+    ranks = check_ranks(args.ranks)  # before the checkpoint is loaded and anything embedded
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt.get("config") or {}
     data = cfg.get("data", {})
@@ -78,15 +80,20 @@ def evaluate_checkpoint(args) -> dict:
         for branch in branches:
             res = evaluate(
                 qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
-                metric=metric, max_rank=max(50, *args.ranks), rerank=args.rerank,
+                metric=metric, max_rank=max(50, *ranks), rerank=args.rerank,
             )  # fmt: skip
             table[branch] = {
                 "mAP": res["mAP"],
                 "mINP": res["mINP"],
-                **{f"rank{r}": float(res["cmc"][r - 1]) for r in args.ranks},
+                **{f"rank{r}": v for r, v in cmc_at(res, ranks).items()},
                 "num_valid_queries": res["num_valid_queries"],
             }
-        print(format_results(name, table, args.ranks, metric, args.rerank))
+        print(format_results(name, table, ranks, metric, args.rerank))
+        if max(ranks) > len(g_pids):
+            print(
+                f"note: the gallery has {len(g_pids)} images, so Rank-k for k > "
+                f"{len(g_pids)} equals Rank-{len(g_pids)}"
+            )
         print(
             f"{len(q_pids)} queries x {len(g_pids)} gallery images: features "
             f"{extracted - start:.1f} s, ranking {time.time() - extracted:.2f} s"

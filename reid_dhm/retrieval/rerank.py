@@ -346,3 +346,26 @@ class KReciprocalReranker:
         r = self.to_g(self.qf.index_select(0, qrows), out=out).square_()
         r.div_(self.rowmax[qrows][:, None])
         return self.core.combine(r, qrows)
+
+    def topk(self, k: int, memory_budget: int = 512 * 2**20) -> tuple[Tensor, Tensor]:
+        """Each query's k nearest gallery items by re-ranked distance.
+
+        Args:
+            k: neighbours per query (clipped to G).
+            memory_budget: bytes for the (B, G) blocks (distances, overlaps, the sort).
+
+        Returns:
+            distances (Q, k) float32 ascending, indices (Q, k) int64 into the gallery;
+            exactly tied distances keep gallery order (as ``evaluate``'s tie rule).
+        """
+        k = min(check_int(k, "k"), self.ng)
+        # Per query row: the distances, the overlap sums, the sorted values and indices.
+        rows = max(1, check_int(memory_budget, "memory_budget") // (20 * self.ng))
+        dists, idxs = [], []
+        with torch.inference_mode():
+            for s in range(0, self.nq, rows):
+                qrows = torch.arange(s, min(self.nq, s + rows), device=self.qf.device)
+                d, i = torch.sort(self.block(qrows), dim=1, stable=True)
+                dists.append(d[:, :k].clone())
+                idxs.append(i[:, :k].clone())
+        return torch.cat(dists), torch.cat(idxs)
