@@ -1,9 +1,12 @@
 """The one place that reads configuration: defaults, dataset presets, YAML, dotted overrides.
 
 Resolution order (later wins): built-in defaults < the dataset's preset < ``--config``
-YAML < ``KEY=VALUE`` overrides. Every key must already exist in the defaults; an
-unknown key or a value of the wrong type is an error that names the key. The
-library never reads configuration: tools turn sections into explicit arguments.
+YAML < ``KEY=VALUE`` overrides. When a checkpoint is resumed (or evaluated), its stored
+config takes the place of the defaults and preset, so the recipe it was trained with
+carries on unless ``--config`` / overrides change it. Every key must already exist in
+the defaults; an unknown key, a value of the wrong type, an out-of-range value or a
+non-default value of a key the run's task does not read is an error that names the key.
+The library never reads configuration: tools turn sections into explicit arguments.
 """
 
 from __future__ import annotations
@@ -177,6 +180,42 @@ PRESETS["fashion-mnist"] = {
 REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
 CLASSIFICATION_DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
 
+# Keys only one task reads (tools/train.py and tools/train_classification.py). A value
+# other than the default in a run of the other task would be silently ignored, so it
+# is an error instead.
+TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "reid": (
+        "data.norm_mean",
+        "data.norm_std",
+        "data.sampler",
+        "data.num_instances",
+        "data.combineall",
+        "test.metric",
+        "test.normalize_feature",
+        "test.rerank",
+        "test.ranks",
+        "test.vis_queries",
+        "test.vis_topk",
+    ),
+    "classification": ("data.limit", "data.test_limit", "train.amp", "train.sync_bn"),
+}
+TASK_NAMES = {"reid": "re-ID", "classification": "classification"}
+
+# Integer keys and their smallest valid value (max_epoch: see check_values).
+MINIMUMS = {
+    "train.fixbase_epoch": 0,
+    "data.height": 1,
+    "data.width": 1,
+    "data.batch_size": 1,
+    "data.test_batch_size": 1,
+    "data.workers": 0,
+    "data.num_instances": 1,
+    "data.limit": 0,
+    "data.test_limit": 0,
+    "test.vis_queries": 0,
+    "test.vis_topk": 1,
+}
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and file at fault."""
@@ -274,13 +313,25 @@ def resolve_config(
     dataset: str | None = None,
     config_file: str | os.PathLike | None = None,
     overrides: Iterable[str] = (),
+    *,
+    resumed: Mapping | None = None,
+    resumed_from: str = "the checkpoint",
+    training: bool = True,
 ) -> dict:
     """The fully resolved configuration.
 
     Args:
-        dataset: ``--dataset`` (may be omitted when the YAML file sets ``data.dataset``).
+        dataset: ``--dataset`` (may be omitted when the YAML file sets ``data.dataset``,
+            or when resuming).
         config_file: optional YAML file with any subset of the sections.
         overrides: ``KEY=VALUE`` strings with dotted keys.
+        resumed: the resolved config stored in a checkpoint that is resumed or
+            evaluated. It replaces defaults and preset (``output_dir`` excepted: where
+            a run writes is not part of its recipe); the file and overrides apply on
+            top. A data set other than the checkpoint's is only accepted when not
+            ``training`` (evaluation on another data set of the same task).
+        resumed_from: how error messages name the checkpoint.
+        training: the run trains (``train.max_epoch`` must then be >= 1).
 
     Returns:
         A plain nested dict (YAML-serialisable).
@@ -300,18 +351,97 @@ def resolve_config(
             f"in {config_file}"
         )
     name = chosen[0] if chosen else file_dataset
-    if name is None:
-        raise ConfigError("no dataset given: pass --dataset NAME or set data.dataset in --config")
-    if name not in PRESETS:
+    if name is not None and name not in PRESETS:
         raise ConfigError(f"unknown dataset {name!r}; valid datasets are {sorted(PRESETS)}")
-    cfg = copy.deepcopy(DEFAULTS)
-    merge(cfg, copy.deepcopy(PRESETS[name]), f"preset {name!r}")
-    cfg["data"]["dataset"] = name
+    if resumed is None:
+        if name is None:
+            raise ConfigError(
+                "no dataset given: pass --dataset NAME or set data.dataset in --config"
+            )
+        cfg = copy.deepcopy(DEFAULTS)
+        merge(cfg, copy.deepcopy(PRESETS[name]), f"preset {name!r}")
+        cfg["data"]["dataset"] = name
+    else:
+        cfg = copy.deepcopy(DEFAULTS)
+        merge(cfg, copy.deepcopy(dict(resumed)), f"{resumed_from}'s config")
+        cfg["output_dir"] = None
+        own = cfg["data"]["dataset"]
+        if name is not None and name != own:
+            if training:
+                raise ConfigError(
+                    f"{resumed_from} was trained on {own!r}; resuming continues on {own!r}, "
+                    f"not {name!r} (to evaluate it on {name!r}, add --eval-only)"
+                )
+            task = PRESETS[name].get("task", DEFAULTS["task"])
+            if task != cfg["task"]:
+                raise ConfigError(
+                    f"{resumed_from} is a {TASK_NAMES[cfg['task']]} model ({own!r}); it cannot "
+                    f"be evaluated on the {TASK_NAMES.get(task, task)} dataset {name!r}"
+                )
+            cfg["data"]["dataset"] = name
     if from_file:
         merge(cfg, from_file, str(config_file))
     for text, nested in zip(overrides, override_dicts):
         merge(cfg, nested, f"override {text!r}")
+    check_values(cfg, training)
     return cfg
+
+
+def _get(cfg: Mapping, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def check_values(cfg: Mapping, training: bool = True) -> None:
+    """Range checks and task checks of a merged config; a ConfigError names the key.
+
+    Args:
+        training: the run trains, so ``train.max_epoch`` must be at least 1 (an
+            evaluation-only run may leave it at 0).
+    """
+    least = 1 if training else 0
+    if cfg["train"]["max_epoch"] < least:
+        why = " when training (--eval-only evaluates without it)" if training else ""
+        raise ConfigError(
+            f"'train.max_epoch' must be >= {least}{why}, got {cfg['train']['max_epoch']}"
+        )
+    for key, minimum in MINIMUMS.items():
+        if _get(cfg, key) < minimum:
+            raise ConfigError(f"'{key}' must be >= {minimum}, got {_get(cfg, key)!r}")
+    ranks = cfg["test"]["ranks"]
+    if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
+        raise ConfigError(f"'test.ranks' must be a non-empty list of integers >= 1, got {ranks!r}")
+    task = cfg["task"]
+    if task not in TASK_NAMES:
+        raise ConfigError(f"'task' must be one of {sorted(TASK_NAMES)}, got {task!r}")
+    for owner, keys in TASK_ONLY_KEYS.items():
+        if owner == task:
+            continue
+        for key in keys:
+            value, default = _get(cfg, key), _get(DEFAULTS, key)
+            if value != default:
+                raise ConfigError(
+                    f"'{key}' is only read by {TASK_NAMES[owner]} runs; this "
+                    f"{TASK_NAMES[task]} run ({cfg['data']['dataset']!r}) would ignore "
+                    f"{key}={value!r}: remove it (default {default!r})"
+                )
+
+
+def config_changes(before: Mapping, after: Mapping, prefix: str = "") -> list[str]:
+    """``'key: old -> new'`` for every dotted key whose value differs (``output_dir`` aside)."""
+    lines = []
+    for key in after:
+        dotted = f"{prefix}{key}"
+        old, new = before.get(key), after[key]
+        if dotted == "output_dir":
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping) and dotted not in FREE_MAPPINGS:
+            lines += config_changes(old, new, dotted + ".")
+        elif old != new:
+            lines.append(f"{dotted}: {old!r} -> {new!r}")
+    return lines
 
 
 def dump_config(cfg: Mapping) -> str:

@@ -52,8 +52,14 @@ def extract_loader_features(
             paths.extend(data["impath"])
     finally:
         bare.train(was_training)
-    stacked = OrderedDict((b, torch.cat(v)) for b, v in feats.items())
-    return stacked, np.asarray(pids), np.asarray(camids), paths
+    # An empty loader (a DDP shard of a query set smaller than the process count) still
+    # gives (0, D) matrices, which gather and concatenate with the other shards.
+    dims = bare.branch_feature_dims()
+    stacked = OrderedDict(
+        (b, torch.cat(v) if v else torch.zeros(0, dims[b], dtype=torch.float32))
+        for b, v in feats.items()
+    )
+    return stacked, np.asarray(pids, dtype=np.int64), np.asarray(camids, dtype=np.int64), paths
 
 
 def list_images(source: str | os.PathLike | Iterable) -> list[str]:

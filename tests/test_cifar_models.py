@@ -40,6 +40,15 @@ COUNTS = {
 }
 
 
+# The largest models take most of this file's time on 2 CPU cores (ResNet-1202 alone
+# about 40 s); `pytest -m "not slow"` leaves them out.
+BIG = {"dhm_cifar_resnet1202", "dhm_wrn28_10"}
+
+
+def _cases(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in names]
+
+
 @cache
 def _model(name: str, num_classes: int = 100):
     # Built once per test session: WRN-28-10 with branches has 164M parameters.
@@ -53,7 +62,7 @@ def test_registry_has_cifar_models_and_baselines():
         assert name[len("dhm_") :] in names
 
 
-@pytest.mark.parametrize("name", list(DIMS))
+@pytest.mark.parametrize("name", _cases(DIMS))
 def test_train_and_eval_outputs(name):
     model = _model(name)
     main, aux1, aux2 = DIMS[name]
@@ -77,7 +86,7 @@ def test_train_and_eval_outputs(name):
     assert isinstance(emb, torch.Tensor) and emb.shape == (2, main)
 
 
-@pytest.mark.parametrize("name", list(COUNTS))
+@pytest.mark.parametrize("name", _cases(COUNTS))
 def test_parameter_counts_match_published(name):
     main, aux1, aux2, published_m = COUNTS[name]
     model = _model(name)

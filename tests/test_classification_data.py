@@ -361,3 +361,11 @@ def test_data_code_imports_no_models_engines_or_tools():
     modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     modules += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [m for m in modules if m.startswith(("reid_dhm", "tools", "."))]
+
+
+@pytest.mark.parametrize("size, resize", [(224, 256), (160, 183), (288, 329)])
+def test_imagenet_evaluation_resize_keeps_the_crop_ratio(size, resize):
+    from reid_dhm.data.classification import default_transform
+
+    resize_step, crop = default_transform("imagenet", False, size).transforms[:2]
+    assert resize_step.size == resize and crop.size == (size, size)

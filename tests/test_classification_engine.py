@@ -1,6 +1,7 @@
 """Classification engine and CLI on a tiny CIFAR-10 folder in the real python-pickle layout."""
 
 import json
+import math
 import pickle
 import sys
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from reid_dhm.engines.classification import (
     check_amp,
     topk_correct,
 )
-from reid_dhm.engines.optim import build_optimizer, build_scheduler
+from reid_dhm.engines.optim import build_optimizer, build_scheduler, check_schedule
 from reid_dhm.utils.checkpoint import model_from_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -79,6 +80,8 @@ def test_two_epoch_run_writes_checkpoints_best_and_correct_errors(tiny_cifar10, 
     assert run_train(tiny_cifar10, out, *args) == 0
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and "top1 err" in printed
+    line = next(x for x in printed.splitlines() if x.startswith("epoch 2/2  "))
+    assert "ce/aux2" in line and " kl " in line and "kl/" not in line  # the KL total
 
     for name in ("checkpoint.pth", "best.pth", "config.yaml", "training_curves.png"):
         assert (out / name).stat().st_size > 0, name
@@ -115,28 +118,44 @@ def test_two_epoch_run_writes_checkpoints_best_and_correct_errors(tiny_cifar10, 
     assert top1 == pytest.approx(min(errors), abs=1e-9)
 
 
-def test_resume_continues_at_the_saved_epoch_and_eval_only(tiny_cifar10, tmp_path, capsys):
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_keeps_the_recipe_and_evaluations_write_apart(tiny_cifar10, tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["--model", "cifar_resnet20", "loss.mode=baseline"]
-    assert run_train(tiny_cifar10, out, *base, "train.max_epoch=1") == 0
+    first = ["--model", "dhm_cifar_resnet20", "loss.mode=dsl", "train.max_epoch=1"]
+    assert run_train(tiny_cifar10, out, *first) == 0
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
     capsys.readouterr()
+    # Resumed without repeating the model or loss.mode=dsl: the checkpoint's recipe carries on.
     resume = ["--resume", str(out / "checkpoint.pth")]
-    assert run_train(tiny_cifar10, out, *base, "train.max_epoch=2", *resume) == 0
+    assert train_tool.main([*resume, "train.max_epoch=2"]) == 0
     printed = capsys.readouterr().out
     assert "resuming" in printed and "epoch 1/2" not in printed and "epoch 2/2" in printed
+    assert "loss dsl" in printed and "train.max_epoch: 1 -> 2" in printed
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
-    assert ckpt["scheduler"]["last_epoch"] == 2
+    assert ckpt["scheduler"]["last_epoch"] == 2 and ckpt["config"]["loss"]["mode"] == "dsl"
+    assert not [k for k in ckpt["history"][1] if k.startswith("kl/")]
 
-    evaluated = tmp_path / "eval"
-    assert run_train(tiny_cifar10, evaluated, *base, "--eval-only", *resume) == 0
+    # --eval-only writes into eval/ beside the checkpoint and leaves the training run alone.
+    training = _files(out)
+    assert train_tool.main([*resume, "--eval-only"]) == 0
     assert "top1 err" in capsys.readouterr().out
-    results = json.loads((evaluated / "results.json").read_text())
+    assert _files(out) == training
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["checkpoint"] == str(out / "checkpoint.pth")
+    assert results["checkpoint_epochs"] == 2
     top1, top5 = independent_eval(out / "checkpoint.pth", tiny_cifar10)
     assert results["final"]["main"]["top1_err"] == pytest.approx(top1, abs=1e-9)
     assert results["final"]["main"]["top5_err"] == pytest.approx(top5, abs=1e-9)
-    assert not (evaluated / "checkpoint.pth").exists()
+    assert not (out / "eval" / "checkpoint.pth").exists()
+
+    # A finished checkpoint resumed: evaluated only, nothing of the training run rewritten.
+    assert train_tool.main(resume) == 0
+    assert "has already trained 2 epochs" in capsys.readouterr().out
+    assert _files(out) == training
 
 
 def test_seeds_report_mean_and_std(tiny_cifar10, tmp_path, capsys):
@@ -171,7 +190,10 @@ def _bad_pickle_root(tmp_path: Path, make_cifar10_folder) -> Path:
         ("ok", ["--seeds", "0"], "--seeds must be at least 1"),
         ("ok", ["train.amp=fp16", "train.device=cpu"], "amp='fp16' needs a CUDA device"),
         ("ok", ["data.transforms=[random_erase]"], "data.transforms"),
-        ("ok", ["data.batch_size=0"], "batch size"),
+        ("ok", ["data.batch_size=0"], "'data.batch_size' must be >= 1"),
+        ("ok", ["--seeds", "1", "train.max_epoch=0"], "'train.max_epoch' must be >= 1"),
+        ("ok", ["scheduler.gamma=0"], "scheduler.gamma must be > 0"),
+        ("ok", ["test.metric=cosine"], "'test.metric' is only read by re-ID runs"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -195,7 +217,9 @@ def test_seeds_is_refused_for_reid(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ engine direct
-def _tiny_engine(criterion=None, amp="none", model_name="dhm_cifar_resnet20", **kwargs):
+def _tiny_engine(
+    criterion=None, amp="none", model_name="dhm_cifar_resnet20", schedule=None, **kwargs
+):
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(12, 3, 16, 16, generator=g), torch.arange(12) % 4)
     model = build_model(model_name, 4)
@@ -204,7 +228,7 @@ def _tiny_engine(criterion=None, amp="none", model_name="dhm_cifar_resnet20", **
         model,
         criterion or DHMLoss("dhm"),
         optimizer,
-        build_scheduler(optimizer, "constant"),
+        build_scheduler(optimizer, **(schedule or {"name": "constant"})),
         train_loader=DataLoader(data, batch_size=6),
         test_loader=DataLoader(data, batch_size=6),
         branch_sampler=BranchSampler(model.branch_names),
@@ -216,7 +240,12 @@ def _tiny_engine(criterion=None, amp="none", model_name="dhm_cifar_resnet20", **
 
 def test_bf16_autocast_on_cpu_trains():
     engine = _tiny_engine(amp="bf16")
+    dtypes = set()
+    engine.bare.register_forward_hook(
+        lambda module, args, out: dtypes.update(z.dtype for z in out.logits.values())
+    )
     record = engine.train_epoch(0)
+    assert dtypes == {torch.bfloat16}  # the forward really ran under bf16 autocast
     assert np.isfinite(record["loss"]) and "kl/aux2->main" in record
     table = engine.evaluate()
     assert table["main"]["num_images"] == 12
@@ -266,3 +295,103 @@ def test_checkpoints_of_registry_partials_rebuild(name, tmp_path):
     assert type(again) is type(model) and again.branch_names == model.branch_names
     for a, b in zip(again.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------- lr schedules
+# Factor of the lr in each 0-based epoch of a 6-epoch run (DESIGN 3: the lr changes at
+# epoch boundaries only, never within an epoch).
+SCHEDULES = {
+    "multi_step": ({"name": "multi_step", "milestones": [2, 4]}, [1, 1, 0.1, 0.1, 0.01, 0.01]),
+    "step": ({"name": "step", "step_size": 2, "gamma": 0.5}, [1, 1, 0.5, 0.5, 0.25, 0.25]),
+    "cosine": ({"name": "cosine"}, [0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)]),
+    "warmup": (
+        {"name": "multi_step", "milestones": [4], "warmup_epochs": 2},
+        [1 / 3, 2 / 3, 1, 1, 0.1, 0.1],
+    ),
+    "cosine_warmup": (
+        {"name": "cosine", "warmup_epochs": 2},
+        [
+            1 / 3,
+            2 / 3,
+            1,
+            0.5 * (1 + math.cos(math.pi / 4)),
+            0.5,
+            0.5 * (1 + math.cos(0.75 * math.pi)),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_lr_per_epoch_is_pinned_across_a_resume(name):
+    schedule, factors = SCHEDULES[name]
+
+    def fresh():
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        return opt, build_scheduler(opt, max_epoch=6, **schedule)
+
+    optimizer, scheduler = fresh()
+    lrs = []
+    for epoch in range(6):
+        if epoch == 3:  # stop after 3 epochs, resume from the saved states
+            saved = optimizer.state_dict(), scheduler.state_dict()
+            optimizer, scheduler = fresh()
+            optimizer.load_state_dict(saved[0])
+            scheduler.load_state_dict(saved[1])
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.1 * f for f in factors], rel=1e-12)
+
+    # Resuming weights without a scheduler state (another tool's checkpoint) puts the
+    # schedule at the same place.
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    build_scheduler(opt, max_epoch=6, start_epoch=3, **schedule)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * factors[3], rel=1e-12)
+
+
+def test_engine_changes_the_lr_at_epoch_boundaries_only_across_a_resume(tmp_path):
+    schedule, factors = SCHEDULES["warmup"]
+    seen = []
+
+    def engine_with_probe():
+        engine = _tiny_engine(
+            schedule={**schedule, "max_epoch": 6}, max_epoch=6, model_name="cifar_resnet20",
+            save_dir=tmp_path, tensorboard=False,
+        )  # fmt: skip
+        engine.bare.register_forward_pre_hook(
+            lambda *_: (
+                seen.append(engine.optimizer.param_groups[0]["lr"])
+                if engine.bare.training
+                else None
+            )
+        )
+        return engine
+
+    first = engine_with_probe()
+    for epoch in range(3):
+        first.history.append(first.train_epoch(epoch))
+    first.save("checkpoint.pth", 3)
+    second = engine_with_probe()
+    start = second.load_state(torch.load(tmp_path / "checkpoint.pth", weights_only=True))
+    second.run(start)
+    expected = [0.01 * f for f in factors]
+    assert seen == pytest.approx([lr for lr in expected for _ in range(2)], rel=1e-12)  # 2 steps
+    assert [h["lr"] for h in second.history] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "schedule, match",
+    [
+        ({"name": "multi_step", "gamma": -1.0}, "scheduler.gamma must be > 0"),
+        ({"name": "step", "gamma": 0.0}, "scheduler.gamma must be > 0"),
+        ({"name": "multi_step", "milestones": [-1]}, "scheduler.milestones must be epochs >= 1"),
+        ({"name": "cosine", "warmup_epochs": -2}, "scheduler.warmup_epochs must be >= 0"),
+        ({"name": "cosine", "warmup_epochs": 6}, "scheduler.warmup_epochs=6 must be < train"),
+        ({"name": "step", "step_size": 0}, "scheduler.step_size must be >= 1"),
+        ({"name": "linear"}, "unknown scheduler.name 'linear'"),
+    ],
+)
+def test_bad_schedules_name_the_key(schedule, match):
+    with pytest.raises(ValueError, match=match):
+        check_schedule(max_epoch=6, **schedule)

@@ -83,6 +83,7 @@ def test_per_process_batch_must_divide(monkeypatch):
 
 
 # ----------------------------------------------------------------------- 2 processes
+@pytest.mark.slow  # one run alone and one under torchrun: over 20 s on 2 CPU cores
 def test_two_processes_give_the_same_training_as_one(tmp_path):
     """Same global batch: same per-epoch loss terms, test errors and final weights."""
     worker = str(ROOT / "tests" / "ddp_worker.py")
@@ -106,6 +107,7 @@ def test_two_processes_give_the_same_training_as_one(tmp_path):
     assert two["sums"] == {"n": 23.0, "rank": 1.0}
 
 
+@pytest.mark.slow  # a 2-process torchrun launch: over 20 s on 2 CPU cores
 def test_torchrun_train_py_writes_on_rank_0_and_gathers_metrics(tiny_cifar10, tmp_path):
     """tools/train.py under torchrun: rank-0 outputs; metrics over the whole test set."""
     out = tmp_path / "ddp"

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import export as export_tool  # noqa: E402
 
 
+@pytest.mark.slow  # a checkpoint, an ONNX export and its check: over 20 s on 2 CPU cores
 def test_export_tool_matches_the_feature_extractor_on_real_images(
     tiny_reid, tiny_checkpoint, tmp_path, capsys
 ):

@@ -92,3 +92,15 @@ def test_query_gallery_checked_before_training():
         warnings.simplefilter("always")
         assert check_query_gallery("custom", query, [("g.jpg", 1, 1), ("g2.jpg", 2, 0)]) == 1
     assert "1 of 2 queries" in str(caught[0].message)
+
+
+def test_a_non_image_file_fails_when_the_folder_is_read(tiny_reid, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_reid, root)
+    # A gallery image: without the header check it would only fail at the final evaluation.
+    bad = sorted((root / "bounding_box_test").glob("0*.jpg"))[-1]
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"cannot read image .*{bad.name}"):
+        build_reid_datamanager("folder", root, height=64, width=32, workers=0)

@@ -11,6 +11,7 @@ from test_distributed import ROOT, TORCHRUN, _run
 from reid_dhm.engines.reid_loaders import BlockShardSampler
 
 
+@pytest.mark.slow  # one run alone and one under torchrun: over 20 s on 2 CPU cores
 def test_two_processes_train_the_reid_engine_like_one(tiny_reid, tmp_path):
     worker = str(ROOT / "tests" / "reid_ddp_worker.py")
     _run([sys.executable, worker, str(tiny_reid), str(tmp_path / "one.json")])
@@ -71,6 +72,7 @@ def test_block_shards_rebuild_the_global_batches(monkeypatch):
         assert together == order[8 * t : 8 * t + 8]
 
 
+@pytest.mark.slow  # a 2-process torchrun launch: over 20 s on 2 CPU cores
 def test_torchrun_train_py_reid_writes_once_on_rank_0(tiny_reid, tmp_path):
     out = tmp_path / "ddp"
     cmd = [

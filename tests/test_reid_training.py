@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchreid.reid import models as trmodels
@@ -37,9 +38,17 @@ def run_train(tiny_reid, out, *extra):
 
 def test_two_epoch_run_writes_everything(tiny_reid, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(tiny_reid, out, "train.max_epoch=2") == 0
-    printed = capsys.readouterr().out
+    assert run_train(tiny_reid, out, "train.max_epoch=2", "train.print_freq=2") == 0
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "mAP" in printed and "R1" in printed and "mINP" in printed
+    # The console line carries the KL total beside the CE terms (every term is in history).
+    line = next(x for x in printed.splitlines() if x.startswith("epoch 2/2  "))
+    assert "ce/aux2" in line and " kl " in line and "kl/" not in line
+    # Off a terminal, print_freq gives a progress line every print_freq iterations.
+    assert "epoch 1/2 [2/" in printed and "epoch 2/2 [2/" in printed
+    # A random backbone frozen for train.fixbase_epoch epochs is worth a warning.
+    assert "warning: train.fixbase_epoch=1 freezes the backbone" in captured.err
 
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["model_name"] == "dhm_mobilenetv2"
@@ -51,6 +60,8 @@ def test_two_epoch_run_writes_everything(tiny_reid, tmp_path, capsys):
     assert history[0]["frozen"] and not history[1]["frozen"]
     for term in ("ce/main", "ce/aux1", "ce/aux2", "kl/aux1->main", "kl/main->aux2", "acc/aux2"):
         assert term in history[1]
+    kl_total = sum(v for k, v in history[1].items() if k.startswith("kl/"))
+    assert f"kl {kl_total:.3f}" in line
 
     for name in ("config.yaml", "training_curves.png", "ranked_results.png", "results.json"):
         assert (out / name).stat().st_size > 0, name
@@ -64,32 +75,110 @@ def test_two_epoch_run_writes_everything(tiny_reid, tmp_path, capsys):
     plain.load_state_dict(torch.load(out / "deployed.pth", weights_only=True), strict=True)
 
 
-def test_resume_continues_at_the_saved_epoch(tiny_reid, tmp_path, capsys):
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_continues_with_the_checkpoint_recipe(tiny_reid, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(tiny_reid, out, "train.max_epoch=1") == 0
+    assert run_train(tiny_reid, out, "train.max_epoch=1", "loss.mode=dsl") == 0
     first = torch.load(out / "checkpoint.pth", weights_only=True)
     assert first["epoch"] == 1
     capsys.readouterr()
+    # Resumed without repeating loss.mode=dsl: the checkpoint's recipe carries on.
+    resume = ["--resume", str(out / "checkpoint.pth")]
+    assert train_tool.main([*resume, "train.max_epoch=2"]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "resuming" in printed and "epoch 1/2" not in printed and "epoch 2/2" in printed
     assert (
-        run_train(tiny_reid, out, "train.max_epoch=2", "--resume", str(out / "checkpoint.pth")) == 0
+        "loss dsl" in printed and "changed by the command line: train.max_epoch: 1 -> 2" in printed
+    )
+    assert "warning" not in captured.err  # the frozen epoch is over
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["loss"]["mode"] == "dsl"
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    assert not [k for k in ckpt["history"][1] if k.startswith("kl/")]  # still deep supervision
+    assert ckpt["scheduler"]["last_epoch"] == 2
+    assert "mode: dsl" in (out / "config.yaml").read_text()
+
+    # --eval-only writes into eval/ beside the checkpoint; the training files stay as they are.
+    training = _files(out)
+    assert (
+        train_tool.main([*resume, "--eval-only", "test.per_branch=true", "test.ranks=[1,500]"]) == 0
     )
     printed = capsys.readouterr().out
-    assert "resuming" in printed and "epoch 1/2" not in printed and "epoch 2/2" in printed
-    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
-    assert ckpt["epoch"] == 2
-    assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
-    assert ckpt["scheduler"]["last_epoch"] == 2
-
-    # --eval-only evaluates the checkpoint without training.
-    capsys.readouterr()
-    argv = ["--resume", str(out / "checkpoint.pth"), "--eval-only", "test.per_branch=true"]
-    assert run_train(tiny_reid, tmp_path / "eval", *argv) == 0
-    printed = capsys.readouterr().out
-    assert "mAP" in printed and "epoch 1/" not in printed
+    assert "mAP" in printed and "epoch 1/" not in printed and "R500" in printed
     rows = [line.split()[0] for line in printed.splitlines() if line.startswith(("main ", "aux"))]
     assert rows == ["main", "aux1", "aux2"]  # paper Table 5: every branch evaluated
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert _files(out) == training
+    results = json.loads((out / "eval" / "results.json").read_text())
     assert set(results["folder"]) == {"main", "aux1", "aux2"}
+    assert (
+        results["checkpoint"] == str(out / "checkpoint.pth") and results["checkpoint_epochs"] == 2
+    )
+    # A rank beyond the gallery size is the CMC's last value, not an IndexError.
+    main = results["folder"]["main"]
+    assert main["rank500"] >= main["rank1"] and main["rank500"] <= 1.0
+    assert (out / "eval" / "config.yaml").read_text().startswith(f"# evaluation of {out}")
+    assert not (out / "eval" / "checkpoint.pth").exists()
+
+    # Resuming a finished checkpoint evaluates it and leaves it as it was (epoch 2, not 1).
+    assert train_tool.main(resume) == 0
+    assert "has already trained 2 epochs" in capsys.readouterr().out
+    assert _files(out) == training
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 2
+
+
+def test_resume_refuses_another_dataset_and_model(tiny_checkpoint, capsys):
+    resume = ["--resume", str(tiny_checkpoint)]
+    assert train_tool.main([*resume, "--dataset", "synthreid", "train.max_epoch=2"]) == 2
+    assert "trained on 'folder'" in capsys.readouterr().err
+    assert train_tool.main([*resume, "--dataset", "cifar10", "--eval-only"]) == 2
+    assert "cannot be evaluated on the classification dataset" in capsys.readouterr().err
+    assert train_tool.main([*resume, "--model", "dhm_resnet50", "--eval-only"]) == 2
+    assert "holds a 'dhm_mobilenetv2' model" in capsys.readouterr().err
+
+
+def test_torchreid_checkpoints_resume_with_the_model_named(
+    tiny_reid, tiny_checkpoint, tmp_path, capsys
+):
+    from torchreid.reid.utils import save_checkpoint as torchreid_save
+
+    from reid_dhm.utils.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(tiny_checkpoint)
+    state = {
+        "state_dict": torch.nn.DataParallel(model).state_dict(),  # module. prefixes
+        "epoch": 1,
+        "rank1": np.float64(0.25),  # torchreid stores numpy scalars
+        "optimizer": build_optimizer(model).state_dict(),
+    }
+    torchreid_save(state, str(tmp_path / "tr"))
+    path = next((tmp_path / "tr").glob("model.pth.tar-*"))
+    argv = ["--dataset", "folder", "--root", str(tiny_reid), "--resume", str(path), "--eval-only"]
+    sizes = ["data.height=64", "data.width=32", "data.workers=0", "test.vis_queries=0"]
+    assert train_tool.main(argv + sizes) == 2  # the config's model (dhm_resnet50) does not fit
+    err = capsys.readouterr().err
+    assert "not a reid_dhm checkpoint" in err and "--model" in err and "Traceback" not in err
+    assert train_tool.main(argv + sizes + ["--model", "dhm_mobilenetv2"]) == 0
+    assert "mAP" in capsys.readouterr().out
+    assert json.loads((tmp_path / "tr" / "eval" / "results.json").read_text())["folder"]
+
+
+def test_unreadable_image_in_a_loader_worker_is_named(tiny_reid, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_reid, root)
+    victim = sorted((root / "bounding_box_train").glob("*.jpg"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: data.find(b"\xff\xda") + 20])  # header intact, pixels cut off
+    extra = ["train.max_epoch=1", "train.fixbase_epoch=0", "data.workers=1"]
+    code = run_train(root, tmp_path / "out", *extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err
+    assert victim.name in err and "DataLoader worker" not in err
 
 
 def _snapshot(module):
@@ -182,3 +271,40 @@ def test_missing_imagenet_weights_explain_no_pretrained(tiny_reid, tmp_path, mon
     assert train_tool.main(argv + ["data.height=64", "data.width=32", "data.workers=0"]) == 2
     err = capsys.readouterr().err
     assert "--no-pretrained" in err and "nothing is downloaded" in err
+
+
+def test_ranked_png_ranks_with_the_evaluation_metric(monkeypatch, tmp_path):
+    import reid_dhm.engines.reid_engine as reid_engine
+
+    # One query, two gallery images: g0 is nearer in L2 distance, g1 in angle.
+    qf = torch.tensor([[1.0, 0.0]])
+    gf = torch.tensor([[0.5, 0.5], [4.0, 0.2]])
+    engine = object.__new__(DHMReIDEngine)  # only the PNG's inputs are needed
+    engine.vis_queries, engine.vis_topk = 1, 2
+    ranked = {}
+
+    def capture(queries, gallery, idx, matches, path, distances):
+        ranked[metric] = idx[0].tolist()
+
+    monkeypatch.setattr(reid_engine, "plot_ranked_results", capture)
+    for metric in ("euclidean", "cosine"):
+        engine._last_eval = reid_engine._LastEval(
+            qf, gf, np.array([1]), np.array([2, 3]), np.array([0]), np.array([1, 1]),
+            ["q.jpg"], ["g0.jpg", "g1.jpg"], metric, False,
+        )  # fmt: skip
+        engine.write_ranked_png(tmp_path / "ranked.png")
+    assert ranked == {"euclidean": [0, 1], "cosine": [1, 0]}
+
+
+def test_an_empty_shard_gives_empty_features_of_the_right_width():
+    from reid_dhm.inference import extract_loader_features
+
+    model = build_model("dhm_mobilenetv2", 4)
+    feats, pids, camids, paths = extract_loader_features(model, [], ("main", "aux1"))
+    dims = model.branch_feature_dims()
+    for branch in ("main", "aux1"):
+        assert feats[branch].shape == (0, dims[branch]) and feats[branch].dtype == torch.float32
+    assert pids.shape == camids.shape == (0,) and paths == []
+    # It concatenates with another process's shard as DDP's gather does.
+    other = model.eval()(torch.randn(2, 3, 64, 32))
+    assert torch.cat([feats["main"], other]).shape == (2, dims["main"])

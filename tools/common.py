@@ -27,14 +27,34 @@ def fail(message: str, status: int = 2) -> int:
 USER_ERRORS = (UsageError, ConfigError, FileNotFoundError, ValueError, ImportError)
 
 
+def error_line(err: BaseException) -> str:
+    """The one line that says what went wrong.
+
+    An error raised in a DataLoader worker process comes back re-raised by torch as
+    ``Caught ValueError in DataLoader worker process 0.`` followed by the worker's
+    ``Original Traceback``; the worker's own message (naming, e.g., the unreadable
+    image) is the traceback's last line.
+    """
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    lines = text.splitlines()
+    if "Original Traceback" in text:
+        last = next((line.strip() for line in reversed(lines) if line.strip()), lines[0])
+        name, sep, message = last.partition(": ")
+        # "ValueError: cannot read image ...": the exception type adds nothing for a user.
+        return message if sep and name.isidentifier() else last
+    return lines[0]
+
+
 def run_guarded(body, *args) -> int:
-    """Run a tool's body; a user error becomes ``error: <first line>`` and exit status 2."""
+    """Run a tool's body; a user error becomes ``error: <one line>`` and exit status 2."""
     try:
         body(*args)
     except USER_ERRORS as err:
         if os.environ.get("REID_DHM_DEBUG"):
             raise
-        return fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return fail(error_line(err))
     return 0
 
 
@@ -84,8 +104,27 @@ def build_model_for(cfg: dict, num_classes: int):
         raise UsageError(f"model {m['name']!r}: {err}") from None
 
 
+def is_foreign_checkpoint(ckpt) -> bool:
+    """A checkpoint written by another tool (torchreid's, a bare state dict): weights only."""
+    return ckpt.get("model_name") is None
+
+
+def announce_resume(resume: str, start_epoch: int, foreign: bool) -> None:
+    print(f"=> resuming {resume} after epoch {start_epoch}")
+    if foreign:
+        # Another tool's optimizer and scheduler state do not fit ours.
+        print(
+            "=> not a reid_dhm checkpoint: only its weights are used; the optimizer starts "
+            f"afresh, the lr schedule at epoch {start_epoch + 1}"
+        )
+
+
 def model_for_run(cfg: dict, resume: str | None, ckpt, num_classes: int, what: str):
     """The checkpoint's model when resuming (its class count must fit), else a new one.
+
+    A reid_dhm checkpoint names its model; another tool's (torchreid's
+    ``save_checkpoint``, a bare state dict) does not, so the config's ``model``
+    section (``--model``) says which model its weights belong to.
 
     Returns:
         (model, registry name).
@@ -94,6 +133,25 @@ def model_for_run(cfg: dict, resume: str | None, ckpt, num_classes: int, what: s
 
     if ckpt is None:
         return build_model_for(cfg, num_classes), cfg["model"]["name"]
+    name = cfg["model"]["name"]
+    if is_foreign_checkpoint(ckpt):
+        try:
+            model = model_from_checkpoint(
+                ckpt, model_name=name, num_classes=num_classes, **model_kwargs(cfg)
+            )
+        except (ValueError, TypeError) as err:
+            raise UsageError(
+                f"{resume} is not a reid_dhm checkpoint and does not say which model it holds; "
+                f"its weights do not fit model.name={name!r} ({error_line(err)}): pass "
+                "--model NAME (and the model.* keys it was built with)"
+            ) from None
+        return model, name
+    if ckpt.get("config") is not None and name != ckpt["model_name"]:
+        # The config came from the checkpoint, so only the command line changed the name.
+        raise UsageError(
+            f"{resume} holds a {ckpt['model_name']!r} model, but model.name is {name!r}: "
+            "a resumed or evaluated run keeps the checkpoint's model (drop --model)"
+        )
     model = model_from_checkpoint(ckpt)
     if model.num_classes != num_classes:
         raise UsageError(
@@ -145,9 +203,11 @@ def default_output_dir(cfg: dict) -> Path:
     return Path("log") / cfg["data"]["dataset"] / f"{cfg['model']['name']}-{cfg['loss']['mode']}"
 
 
-def write_config(cfg: dict, out_dir: Path) -> Path:
+def write_config(cfg: dict, out_dir: Path, evaluated: str | None = None) -> Path:
+    """``out_dir/config.yaml``; an evaluation's names the checkpoint it evaluated."""
     path = out_dir / "config.yaml"
-    atomic_write_text(path, dump_config(cfg))
+    head = f"# evaluation of {evaluated}\n" if evaluated else ""
+    atomic_write_text(path, head + dump_config(cfg))
     return path
 
 
@@ -158,11 +218,14 @@ def is_main_process() -> bool:
 __all__ = [
     "ConfigError",
     "UsageError",
+    "announce_resume",
     "build_branch_sampler",
     "build_criterion",
     "build_model_for",
     "default_output_dir",
+    "error_line",
     "fail",
+    "is_foreign_checkpoint",
     "is_main_process",
     "model_for_run",
     "model_kwargs",

@@ -10,8 +10,15 @@
     torchrun --nproc_per_node 2 tools/train.py --dataset cifar100 --root data
 
 Resolution order: defaults < dataset preset < --config < KEY=VALUE overrides
-(dotted keys; unknown keys are errors). The resolved config is written beside the
-checkpoint as config.yaml.
+(dotted keys; unknown keys are errors). With --resume the checkpoint's own config
+replaces defaults and preset: the run continues with the recipe it was trained
+with, and --config / KEY=VALUE change it on top (the changes are printed). The
+resolved config is written beside the checkpoint as config.yaml.
+
+Outputs go to --output-dir; without it, to the checkpoint's folder when resuming,
+else log/<dataset>/<model>-<mode>. --eval-only (and a resumed checkpoint that has
+already trained train.max_epoch epochs) writes into an eval/ folder inside that
+folder, so the training run's files are never touched.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import time
 from pathlib import Path
 
 from common import (
-    ConfigError,
+    UsageError,
+    announce_resume,
     build_branch_sampler,
     build_criterion,
     default_output_dir,
     fail,
+    is_foreign_checkpoint,
     is_main_process,
     model_for_run,
     needs_unused_parameter_search,
@@ -38,7 +47,9 @@ from common import (
     write_config,
 )
 
-from reid_dhm.config import PRESETS, resolve_config
+from reid_dhm.config import PRESETS, config_changes, resolve_config
+
+EVAL_DIR = "eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args) -> dict:
+def resolve(args, ckpt=None) -> dict:
+    """The run's config: ``ckpt``'s own config (when resuming) or the defaults and
+    preset, then --config and the overrides; ``output_dir`` filled in."""
     overrides = list(args.overrides)
     if args.model is not None:  # first, so an explicit model.name=... override still wins
         overrides.insert(0, f"model.name={args.model}")
@@ -75,21 +88,78 @@ def resolve(args) -> dict:
         overrides.append(f"data.root={args.root}")
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
-    cfg = resolve_config(args.dataset, args.config, overrides)
+    cfg = resolve_config(
+        args.dataset,
+        args.config,
+        overrides,
+        resumed=ckpt.get("config") if ckpt is not None else None,
+        resumed_from=str(args.resume),
+        training=not args.eval_only,
+    )
     if args.output_dir is not None:
         cfg["output_dir"] = args.output_dir
     if cfg["output_dir"] is None:
-        cfg["output_dir"] = str(default_output_dir(cfg))
+        # Resuming continues the run that wrote the checkpoint, wherever it now lies.
+        where = Path(args.resume).parent if args.resume else default_output_dir(cfg)
+        cfg["output_dir"] = str(where)
+    if args.eval_only:
+        cfg["output_dir"] = str(Path(cfg["output_dir"]) / EVAL_DIR)
     return cfg
 
 
-def run_reid(cfg: dict, args) -> dict:
+def prepare(args):
+    """Read --resume, resolve the config and decide whether the run trains.
+
+    Returns:
+        (config, checkpoint or None). ``args.eval_only`` is set when the checkpoint
+        has already trained ``train.max_epoch`` epochs: there is nothing to train, so
+        the run evaluates it, in ``eval/``, and leaves the checkpoint as it is.
+    """
+    from reid_dhm.engines.optim import check_schedule
+    from reid_dhm.utils.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    cfg = resolve(args, ckpt)
+    say = print if is_main_process() else (lambda *a, **k: None)
+    done = int(ckpt.get("epoch") or 0) if ckpt is not None else 0
+    if ckpt is not None and not args.eval_only and done >= cfg["train"]["max_epoch"]:
+        say(
+            f"=> {args.resume} has already trained {done} epochs "
+            f"(train.max_epoch={cfg['train']['max_epoch']}): evaluating it only; raise "
+            "train.max_epoch to train on"
+        )
+        args.eval_only = True
+        cfg = resolve(args, ckpt)
+    if ckpt is not None and ckpt.get("config") is not None:
+        stored = resolve_config(resumed=ckpt["config"], resumed_from=args.resume, training=False)
+        changes = config_changes(stored, cfg)
+        say(
+            "=> the checkpoint's config, changed by the command line: " + "; ".join(changes)
+            if changes
+            else "=> the checkpoint's config, unchanged"
+        )
+    if not args.eval_only:
+        check_schedule(max_epoch=cfg["train"]["max_epoch"], **cfg["scheduler"])
+        fixbase = cfg["train"]["fixbase_epoch"]
+        if not cfg["model"]["pretrained"] and fixbase > done and is_main_process():
+            print(
+                f"warning: train.fixbase_epoch={fixbase} freezes the backbone for the first "
+                f"{fixbase} epochs, but the model starts from random weights "
+                "(model.pretrained=false / --no-pretrained), so those epochs train only the new "
+                "layers on random features; add train.fixbase_epoch=0 to train the whole model "
+                "from the start",
+                file=sys.stderr,
+            )
+    return cfg, ckpt
+
+
+def run_reid(cfg: dict, args, ckpt=None) -> dict:
     """One re-ID training (or evaluation) run, in this process or as one torchrun rank."""
     from reid_dhm.engines import distributed as dist
 
     info = dist.init_distributed(cfg["train"]["device"])
     try:
-        results = _run_reid(cfg, args, info)
+        results = _run_reid(cfg, args, ckpt, info)
     except BaseException:
         dist.cleanup(barrier=False)  # the other ranks may be stuck in a collective
         raise
@@ -97,7 +167,7 @@ def run_reid(cfg: dict, args) -> dict:
     return results
 
 
-def _run_reid(cfg: dict, args, info) -> dict:
+def _run_reid(cfg: dict, args, ckpt, info) -> dict:
     import torch
 
     from reid_dhm.data.reid_manager import build_reid_datamanager, prepare_reid_dataset
@@ -105,14 +175,12 @@ def _run_reid(cfg: dict, args, info) -> dict:
     from reid_dhm.engines.optim import build_optimizer, build_scheduler
     from reid_dhm.engines.reid_engine import DHMReIDEngine
     from reid_dhm.engines.reid_loaders import reid_train_loader
-    from reid_dhm.utils.checkpoint import load_checkpoint
     from reid_dhm.utils.device import seed_everything
     from reid_dhm.utils.io import atomic_write, atomic_write_text
 
     out = Path(cfg["output_dir"])
     train, test, data = cfg["train"], cfg["test"], cfg["data"]
     seed_everything(train["seed"])
-    ckpt = load_checkpoint(args.resume) if args.resume else None
     kwargs = reid_data_kwargs(cfg)
     kwargs["pin_memory"] = info.device.type == "cuda"
     if info.distributed:
@@ -131,17 +199,25 @@ def _run_reid(cfg: dict, args, info) -> dict:
     criterion = build_criterion(cfg)
     sampler = build_branch_sampler(cfg, model.branch_names)
     optimizer = build_optimizer(model, **cfg["optim"])
-    scheduler = build_scheduler(optimizer, max_epoch=train["max_epoch"], **cfg["scheduler"])
     start_epoch, history = 0, []
     if ckpt is not None and not args.eval_only:
-        if ckpt.get("optimizer"):
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch = int(ckpt.get("epoch", 0))
-        history = list(ckpt.get("history") or [])
+        start_epoch = int(ckpt.get("epoch") or 0)
+    foreign = ckpt is not None and is_foreign_checkpoint(ckpt)
+    scheduler = build_scheduler(
+        optimizer,
+        max_epoch=train["max_epoch"],
+        start_epoch=start_epoch if foreign else 0,
+        **cfg["scheduler"],
+    )
+    if start_epoch:
+        if not foreign:
+            if ckpt.get("optimizer"):
+                optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scheduler"):
+                scheduler.load_state_dict(ckpt["scheduler"])
+            history = list(ckpt.get("history") or [])
         if info.is_main:
-            print(f"=> resuming {args.resume} after epoch {start_epoch}")
+            announce_resume(args.resume, start_epoch, foreign)
     if info.is_main:
         print(
             f"=> {model_name} (branches {', '.join(model.branch_names)}), loss "
@@ -169,7 +245,7 @@ def _run_reid(cfg: dict, args, info) -> dict:
     )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out)
+        write_config(cfg, out, evaluated=args.resume if args.eval_only else None)
     engine.run(
         save_dir=str(out),
         max_epoch=train["max_epoch"],
@@ -188,7 +264,10 @@ def _run_reid(cfg: dict, args, info) -> dict:
         if not args.eval_only:
             deployed = model.deploy().cpu().state_dict()
             atomic_write(out / "deployed.pth", lambda tmp: torch.save(deployed, tmp))
-        results = {"dataset": data["dataset"], "model": model_name, **engine.results}
+        results = {"dataset": data["dataset"], "model": model_name}
+        if args.eval_only:
+            results.update(checkpoint=str(args.resume), checkpoint_epochs=ckpt.get("epoch"))
+        results.update(engine.results)
         atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return engine.results
 
@@ -199,24 +278,22 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.eval_only and not args.resume:
         return fail("--eval-only needs --resume CHECKPOINT")
-    try:
-        cfg = resolve(args)
-    except ConfigError as err:
-        return fail(str(err))
-    if args.seeds is not None and cfg["task"] == "reid":
-        return fail("--seeds is available for classification datasets only")
+    return run_guarded(_main, args)
+
+
+def _main(args) -> None:
     start = time.time()
+    cfg, ckpt = prepare(args)
+    if args.seeds is not None and cfg["task"] == "reid":
+        raise UsageError("--seeds is available for classification datasets only")
     if cfg["task"] == "reid":
-        status = run_guarded(run_reid, cfg, args)
+        run_reid(cfg, args, ckpt)
     else:
         from train_classification import run_classification
 
-        status = run_guarded(run_classification, cfg, args)
-    if status:
-        return status
+        run_classification(cfg, args, ckpt)
     if is_main_process():
         print(f"done in {time.time() - start:.0f} s; outputs in {cfg['output_dir']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from common import (
     UsageError,
+    announce_resume,
     build_branch_sampler,
     build_criterion,
+    is_foreign_checkpoint,
     model_for_run,
     needs_unused_parameter_search,
     write_config,
@@ -54,9 +56,6 @@ def build_datasets(cfg: dict):
             f"classification models take square images; data.height={d['height']} and "
             f"data.width={d['width']} differ"
         )
-    for key in ("limit", "test_limit"):
-        if d[key] < 0:
-            raise UsageError(f"data.{key} must be >= 0 (0 = all), got {d[key]}")
     transforms = list(d["transforms"])
     if not transforms:  # no augmentation: train on the evaluation transform
         train_transform = default_transform(name, False, d["height"])
@@ -100,12 +99,14 @@ def _loaders(cfg: dict, train_set, test_set, device):
     return train_loader, test_loader
 
 
-def train_one(cfg: dict, args, info) -> dict:
-    """One training (or ``--eval-only``) run in ``cfg['output_dir']``; returns its results."""
+def train_one(cfg: dict, args, info, ckpt=None) -> dict:
+    """One training (or ``--eval-only``) run in ``cfg['output_dir']``; returns its results.
+
+    ``ckpt``: the loaded ``--resume`` checkpoint, or None.
+    """
     from reid_dhm.engines import distributed as dist
     from reid_dhm.engines.classification import ClassificationEngine, format_table
     from reid_dhm.engines.optim import build_optimizer, build_scheduler
-    from reid_dhm.utils.checkpoint import load_checkpoint
     from reid_dhm.utils.device import seed_everything
 
     out = Path(cfg["output_dir"])
@@ -113,7 +114,6 @@ def train_one(cfg: dict, args, info) -> dict:
     # Rank offset: ranks draw different augmentations; DDP copies rank 0's initial weights.
     seed_everything(train["seed"] + info.rank)
     train_set, test_set, num_classes = build_datasets(cfg)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
     model, model_name = model_for_run(cfg, args.resume, ckpt, num_classes, "classes")
     model = model.to(info.device)
     criterion = build_criterion(cfg)
@@ -121,7 +121,22 @@ def train_one(cfg: dict, args, info) -> dict:
     find_unused = needs_unused_parameter_search(cfg, criterion, model.branch_names)
     wrapped = dist.wrap_model(model, find_unused_parameters=find_unused, sync_bn=train["sync_bn"])
     optimizer = build_optimizer(model, **cfg["optim"])
-    scheduler = build_scheduler(optimizer, max_epoch=train["max_epoch"], **cfg["scheduler"])
+    start_epoch = int(ckpt.get("epoch") or 0) if ckpt is not None and not args.eval_only else 0
+    foreign = ckpt is not None and is_foreign_checkpoint(ckpt)
+    scheduler = build_scheduler(
+        optimizer,
+        max_epoch=train["max_epoch"],
+        start_epoch=start_epoch if foreign else 0,
+        **cfg["scheduler"],
+    )
+    run_info = {
+        "dataset": cfg["data"]["dataset"],
+        "model": model_name,
+        "mode": criterion.mode,
+        "seed": train["seed"],
+    }
+    if args.eval_only:
+        run_info.update(checkpoint=str(args.resume), checkpoint_epochs=ckpt.get("epoch"))
     train_loader, test_loader = _loaders(cfg, train_set, test_set, info.device)
     engine = ClassificationEngine(
         wrapped,
@@ -140,22 +155,17 @@ def train_one(cfg: dict, args, info) -> dict:
         save_dir=out,
         model_name=model_name,
         config=cfg,
-        run_info={
-            "dataset": cfg["data"]["dataset"],
-            "model": model_name,
-            "mode": criterion.mode,
-            "seed": train["seed"],
-        },
+        run_info=run_info,
         is_main_process=info.is_main,
     )
-    start_epoch = 0
-    if ckpt is not None and not args.eval_only:
-        start_epoch = engine.load_state(ckpt)
+    if start_epoch:
+        if not foreign:
+            engine.load_state(ckpt)
         if info.is_main:
-            print(f"=> resuming {args.resume} after epoch {start_epoch}")
+            announce_resume(args.resume, start_epoch, foreign)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out)
+        write_config(cfg, out, evaluated=args.resume if args.eval_only else None)
         print(
             f"=> {cfg['data']['dataset']}: {len(train_set)} training / {len(test_set)} test "
             f"images, {num_classes} classes; {model_name} (branches "
@@ -238,11 +248,12 @@ def run_seeds(cfg: dict, args, count: int, info) -> dict:
     return summary
 
 
-def run_classification(cfg: dict, args) -> dict:
+def run_classification(cfg: dict, args, ckpt=None) -> dict:
     """Entry point from ``tools/train.py`` for ``cfg['task'] != 'reid'``.
 
     ``args`` carries ``resume``, ``eval_only``, ``output_dir``, ``root``,
-    ``no_pretrained``, ``overrides`` and optionally ``seeds``.
+    ``no_pretrained``, ``overrides`` and optionally ``seeds``; ``ckpt`` is the loaded
+    ``--resume`` checkpoint (None without one).
     """
     from reid_dhm.engines import distributed as dist
 
@@ -261,7 +272,9 @@ def run_classification(cfg: dict, args) -> dict:
     ok = False
     try:
         result = (
-            run_seeds(cfg, args, seeds, info) if seeds is not None else train_one(cfg, args, info)
+            run_seeds(cfg, args, seeds, info)
+            if seeds is not None
+            else train_one(cfg, args, info, ckpt)
         )
         ok = True
         return result

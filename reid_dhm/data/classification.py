@@ -17,10 +17,11 @@ Each reader takes the data set's standard on-disk format and never downloads:
 Augmentations follow the paper (section 4.1): CIFAR zero-pads 4 pixels, takes a
 random 32x32 crop and a random horizontal flip, then normalises with the data set's
 own per-channel mean and std; ImageNet uses RandomResizedCrop(224) + flip for
-training and resize 256 / center-crop 224 for evaluation. Fashion-MNIST gets the
-CIFAR recipe at its native 28x28 (pad 4, crop 28, flip) and its single channel is
-repeated to 3 so that every model takes (B, 3, H, W); the CIFAR models pool
-adaptively, so 28x28 needs no resizing (``image_size=32`` resizes if wanted).
+training and resize 256 / center-crop 224 for evaluation (other sizes keep that
+ratio: resize round(size / 0.875)). Fashion-MNIST gets the CIFAR recipe at its
+native 28x28 (pad 4, crop 28, flip) and its single channel is repeated to 3 so that
+every model takes (B, 3, H, W); the CIFAR models pool adaptively, so 28x28 needs no
+resizing (``image_size=32`` resizes if wanted).
 
 Every dataset yields ``(image, label)``: a float tensor (3, H, W) and an int.
 """
@@ -155,8 +156,18 @@ def cifar_transform(name: str, train: bool) -> Callable:
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def imagenet_transform(train: bool, size: int = 224, resize: int = 256) -> Callable:
-    """ImageNet: train = RandomResizedCrop(size) + flip; eval = resize + center crop."""
+# Evaluation center-crops this fraction of the resized image's shorter side (224 of 256).
+IMAGENET_CROP_FRACTION = 0.875
+
+
+def imagenet_transform(train: bool, size: int = 224, resize: int | None = None) -> Callable:
+    """ImageNet: train = RandomResizedCrop(size) + flip; eval = resize + center crop.
+
+    ``resize`` (the evaluation's shorter side) defaults to ``round(size / 0.875)``: 256
+    for 224, so a center crop covers the same part of the image at any ``size``.
+    """
+    if resize is None:
+        resize = round(size / IMAGENET_CROP_FRACTION)
     steps = (
         [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
         if train

@@ -69,10 +69,27 @@ def parse_name(path: Path) -> tuple[int, int]:
     return pid, cam
 
 
+def check_image_header(path: Path) -> None:
+    """A clear error now if ``path`` is not an image file at all (empty, HTML, ...).
+
+    Only the header is parsed: 0.12-0.19 ms a file on a 2-core machine (synthreid's
+    1.9k images: 0.2-0.35 s; Market-1501's 33k about 5 s), against 0.45 ms to decode
+    one. A file cut short after its header still passes; it fails when read, with an
+    error that names it.
+    """
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+
+
 def scan_split(folder: Path, relabel: bool) -> list[tuple[str, int, int]]:
     """(path, pid, camid 0-based) for every image in ``folder``; junk (pid -1) dropped.
 
-    Files are sorted so relabelled training ids are the same on every machine.
+    Files are sorted so relabelled training ids are the same on every machine. Each
+    kept file's header is checked, so a broken gallery image fails before training,
+    not at the evaluation hours later.
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"missing folder {folder}")
@@ -83,6 +100,7 @@ def scan_split(folder: Path, relabel: bool) -> list[tuple[str, int, int]]:
         pid, cam = parse_name(path)
         if pid == -1:
             continue  # junk images are ignored, as in Market-1501's protocol
+        check_image_header(path)
         items.append((str(path), pid, cam - 1))
     if relabel:
         label = {pid: i for i, pid in enumerate(sorted({p for _, p, _ in items}))}

@@ -43,6 +43,7 @@ from ..models import MAIN
 from ..utils.checkpoint import save_checkpoint, unwrap
 from ..utils.io import atomic_write_text
 from . import distributed as dist
+from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
 from .plots import plot_training_curves
 
@@ -280,10 +281,10 @@ class ClassificationEngine:
             if self.print_freq > 0 and (step + 1) % self.print_freq == 0 and self.is_main:
                 running = {k: float(v) / count for k, v in sums.items() if not k.startswith("acc")}
                 if not show:
-                    where = f"{step + 1}/{total}" if total else f"{step + 1}"
                     self.log(
-                        f"epoch {epoch + 1}/{self.max_epoch} [{where}]  "
-                        f"loss {running['loss']:.4f}  lr {lr:.2e}"
+                        progress_line(
+                            epoch + 1, self.max_epoch, step + 1, total, running["loss"], lr
+                        )
                     )
                 if self.writer is not None:
                     it = epoch * (total or 0) + step + 1
@@ -460,9 +461,7 @@ class ClassificationEngine:
         )
 
     def _epoch_line(self, r: Mapping) -> str:
-        terms = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith(("loss", "ce/")))
-        accs = "  ".join(f"{k} {v:.1f}" for k, v in r.items() if k.startswith("acc/"))
-        line = f"epoch {r['epoch']}/{self.max_epoch}  {terms}  {accs}  lr {r['lr']:.2e}"
+        line = f"epoch {r['epoch']}/{self.max_epoch}  {epoch_terms(r, 4)}  lr {r['lr']:.2e}"
         if "test/top1_err" in r:
             line += f"  test err top1 {r['test/top1_err']:.2f} top5 {r['test/top5_err']:.2f}"
             line += f" (best {self.best['top1_err']:.2f} @ {self.best['epoch']})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,38 @@ def build_optimizer(
     )
 
 
+def check_schedule(
+    name: str = "multi_step",
+    milestones: Sequence[int] = (20, 40),
+    gamma: float = 0.1,
+    step_size: int = 30,
+    max_epoch: int = 60,
+    warmup_epochs: int = 0,
+) -> None:
+    """Validate :func:`build_scheduler`'s arguments; errors name the ``scheduler.*`` key.
+
+    Cheap and torch-free in effect, so tools call it right after reading the config,
+    before any data is loaded.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(
+            f"unknown scheduler.name {name!r}; valid schedulers are {list(SCHEDULERS)}"
+        )
+    if name == "step" and step_size < 1:
+        raise ValueError(f"scheduler.step_size must be >= 1, got {step_size!r}")
+    if name in ("multi_step", "step") and not gamma > 0:
+        raise ValueError(f"scheduler.gamma must be > 0 (the lr is multiplied by it), got {gamma!r}")
+    if name == "multi_step" and any(int(m) != m or m < 1 for m in milestones):
+        raise ValueError(f"scheduler.milestones must be epochs >= 1, got {list(milestones)!r}")
+    if warmup_epochs < 0:
+        raise ValueError(f"scheduler.warmup_epochs must be >= 0, got {warmup_epochs!r}")
+    if warmup_epochs and warmup_epochs >= max_epoch >= 1:
+        raise ValueError(
+            f"scheduler.warmup_epochs={warmup_epochs} must be < train.max_epoch={max_epoch}: "
+            "the warm-up would end after training and never reach the peak lr"
+        )
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     name: str = "multi_step",
@@ -48,17 +81,21 @@ def build_scheduler(
     step_size: int = 30,
     max_epoch: int = 60,
     warmup_epochs: int = 0,
+    start_epoch: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A schedule stepped once per epoch (never per iteration; see DESIGN 3).
 
     ``multi_step``: x gamma at each milestone epoch; ``step``: x gamma every
     ``step_size`` epochs; ``cosine``: cosine decay to 0 over ``max_epoch``; optional
-    linear warm-up over the first ``warmup_epochs`` epochs.
+    linear warm-up over the first ``warmup_epochs`` epochs. The lr of 0-based epoch e
+    is ``lr * factor(e)``; ``scheduler.step()`` is called once after each epoch.
+
+    Args:
+        start_epoch: position the schedule at this epoch (resuming from weights
+            without a saved scheduler state); a saved state is restored with
+            ``load_state_dict`` instead.
     """
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; valid schedulers are {list(SCHEDULERS)}")
-    if name == "step" and step_size < 1:
-        raise ValueError(f"scheduler.step_size must be >= 1, got {step_size!r}")
+    check_schedule(name, milestones, gamma, step_size, max_epoch, warmup_epochs)
     marks = sorted(int(m) for m in milestones)
 
     def factor(epoch: int) -> float:
@@ -73,4 +110,11 @@ def build_scheduler(
             return 0.5 * (1 + math.cos(math.pi * min(epoch - warmup_epochs, span) / span))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if start_epoch:
+        scheduler.last_epoch = start_epoch - 1
+        with warnings.catch_warnings():
+            # step() before any optimizer.step() warns; here it only moves the position.
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+    return scheduler

@@ -6,10 +6,14 @@ What it overrides, and why:
   named term (``ce/main``, ``kl/aux1->main``, ...) and per-branch accuracy.
 * ``train``: draws the epoch's active branches from the ``BranchSampler``, applies
   staged freezing through our own ``set_backbone_frozen`` (torchreid's helper does
-  not reach BN statistics inside DDP), shows a progress bar, logs every term to
-  TensorBoard, records per-epoch history and writes a checkpoint every epoch.
+  not reach BN statistics inside DDP), shows a progress bar on a terminal (else a
+  progress line every ``print_freq`` iterations), logs every term to TensorBoard,
+  records per-epoch history and writes a checkpoint every epoch.
+* ``run``: torchreid's loop, except that a run with nothing left to train
+  (``start_epoch >= max_epoch``) only evaluates instead of rewriting the checkpoint.
 * ``_evaluate``: features of the main branch (and, on request, every branch), ranked
   by ``reid_dhm.evaluate`` (exact Market-1501 protocol, fast); prints mAP, mINP, Rank-k.
+  The ranked-results PNG uses the same distance (metric, re-ranking).
 * ``save_model``: our atomic, self-describing checkpoint (torchreid's fails when the
   scheduler is None and is not ``weights_only`` loadable).
 """
@@ -22,6 +26,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,9 +37,11 @@ from tqdm import tqdm
 from ..inference import extract_loader_features
 from ..losses import BranchSampler, DHMLoss
 from ..models import MAIN
-from ..retrieval import evaluate
+from ..retrieval import KReciprocalReranker, cmc_at, evaluate
+from ..retrieval.distance import DistanceBlocks
 from ..utils.checkpoint import save_checkpoint, unwrap
 from . import distributed as dist
+from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
 from .plots import plot_ranked_results, plot_training_curves
 from .reid_loaders import sharded_eval_loader
@@ -130,16 +137,31 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         meters = MetricMeter()
         self.num_batches = len(self.train_loader)
         start = time.time()
+        show = self.is_main and sys.stderr.isatty()
+        # Off a terminal (a log file), a line every print_freq iterations instead of a bar.
+        log_every = print_freq if self.is_main and not show and print_freq > 0 else 0
         bar = tqdm(
             self.train_loader,
             desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
-            disable=not (self.is_main and sys.stderr.isatty()),
+            disable=not show,
             leave=False,
         )
         for self.batch_idx, data in enumerate(bar):
             summary = self.forward_backward(data)
             meters.update(summary)
             bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}")
+            if log_every and (self.batch_idx + 1) % log_every == 0:
+                print(
+                    progress_line(
+                        self.epoch + 1,
+                        self.max_epoch,
+                        self.batch_idx + 1,
+                        self.num_batches,
+                        meters.meters["loss"].avg,
+                        self.get_current_lr(),
+                    ),
+                    flush=True,
+                )
             if self.writer is not None and self.is_main:
                 n_iter = self.epoch * self.num_batches + self.batch_idx
                 for name, value in summary.items():
@@ -153,12 +175,8 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         record["seconds"] = time.time() - start
         self.history.append(record)
         if self.is_main:
-            terms = "  ".join(
-                f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "ce/"))
-            )
-            accs = "  ".join(f"{k} {v:.1f}" for k, v in record.items() if k.startswith("acc/"))
             print(
-                f"epoch {self.epoch + 1}/{self.max_epoch}  {terms}  {accs}  lr {lr:.2e}  "
+                f"epoch {self.epoch + 1}/{self.max_epoch}  {epoch_terms(record)}  lr {lr:.2e}  "
                 f"{'[backbone frozen]  ' if frozen else ''}{record['seconds']:.0f}s",
                 flush=True,
             )
@@ -166,8 +184,19 @@ class DHMReIDEngine(ImageSoftmaxEngine):
                 self._write_checkpoint(self.epoch + 1)
 
     def run(self, save_dir="log", max_epoch=0, start_epoch=0, **kwargs):
-        """torchreid's ``Engine.run`` plus the curves and ranked-results PNGs at the end."""
+        """torchreid's ``Engine.run`` plus the curves and ranked-results PNGs at the end.
+
+        With ``start_epoch >= max_epoch`` (a finished checkpoint resumed) there is
+        nothing to train: the model is evaluated and no checkpoint is written.
+        """
         self.save_dir = Path(save_dir)
+        if start_epoch >= max_epoch and not kwargs.get("test_only"):
+            # torchreid's loop would not run, leaving self.epoch at 0, and its final
+            # save_model(self.epoch) would rewrite the checkpoint as "1 epoch done".
+            kwargs["test_only"] = True
+        # The last finished epoch, as torchreid's loop leaves it (evaluation logs use it).
+        self.epoch = max(start_epoch - 1, 0)
+        self.max_epoch = max_epoch
         if not self.is_main:
             self.writer = _NullWriter()  # torchreid would open a second event file
         elif self.writer is None and not kwargs.get("test_only"):
@@ -219,14 +248,18 @@ class DHMReIDEngine(ImageSoftmaxEngine):
                 qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
                 metric=metric, max_rank=max_rank, rerank=rerank,
             )  # fmt: skip
+            # cmc_at: a rank beyond a gallery smaller than it reads the CMC's last value.
+            cmc = cmc_at(res, ranks)
             table[branch] = {
                 "mAP": float(res["mAP"]),
                 "mINP": float(res["mINP"]),
-                **{f"rank{r}": float(res["cmc"][r - 1]) for r in ranks},
+                **{f"rank{r}": cmc[r] for r in ranks},
                 "num_valid_queries": int(res["num_valid_queries"]),
             }
         self.results[dataset_name] = table
-        self._last_eval = (qf[MAIN], gf[MAIN], q_pids, g_pids, q_camids, g_camids, q_paths, g_paths)
+        self._last_eval = _LastEval(
+            qf[MAIN], gf[MAIN], q_pids, g_pids, q_camids, g_camids, q_paths, g_paths, metric, rerank
+        )
         main = table[MAIN]
         if self.is_main:
             print(format_results(dataset_name, table, ranks, metric, rerank))
@@ -258,23 +291,31 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         return feats, pids, camids, [it[0] for it in items]
 
     def write_ranked_png(self, path) -> Path:
-        """Top-k gallery images for a spread of queries from the last evaluation."""
-        qf, gf, q_pids, g_pids, q_camids, g_camids, q_paths, g_paths = self._last_eval
-        n = min(self.vis_queries, len(q_paths))
-        picks = np.linspace(0, len(q_paths) - 1, n).astype(int)
-        q = qf[picks]
-        dist = torch.cdist(q, gf).pow(2)
+        """Top-k gallery images for a spread of queries from the last evaluation.
+
+        Ranked by the evaluation's own distance (metric and re-ranking), so the
+        picture shows the ranking the printed numbers were computed on.
+        """
+        ev = self._last_eval
+        n = min(self.vis_queries, len(ev.q_paths))
+        picks = np.linspace(0, len(ev.q_paths) - 1, n).astype(int)
+        if ev.rerank:
+            # Re-ranking needs every query and gallery item, not only the picked queries.
+            reranker = KReciprocalReranker(ev.qf, ev.gf, ev.metric, device="cpu")
+            dist = reranker.block(torch.from_numpy(picks)).clone()
+        else:
+            dist = DistanceBlocks(ev.gf, ev.metric)(ev.qf[picks])
         # Same protocol as the metrics: hide same-identity images from the query's camera.
-        junk = (g_pids[None, :] == q_pids[picks, None]) & (
-            g_camids[None, :] == q_camids[picks, None]
+        junk = (ev.g_pids[None, :] == ev.q_pids[picks, None]) & (
+            ev.g_camids[None, :] == ev.q_camids[picks, None]
         )
         dist[torch.from_numpy(junk)] = float("inf")
-        k = min(self.vis_topk, len(g_paths))
+        k = min(self.vis_topk, len(ev.g_paths))
         d, idx = dist.topk(k, dim=1, largest=False)
         idx = idx.numpy()
-        matches = g_pids[idx] == q_pids[picks, None]
+        matches = ev.g_pids[idx] == ev.q_pids[picks, None]
         return plot_ranked_results(
-            [q_paths[i] for i in picks], g_paths, idx, matches, path, distances=d.numpy()
+            [ev.q_paths[i] for i in picks], ev.g_paths, idx, matches, path, distances=d.numpy()
         )
 
     # -------------------------------------------------------------- checkpoints
@@ -294,6 +335,21 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             metrics=self.results,
             history=self.history,
         )
+
+
+class _LastEval(NamedTuple):
+    """The main branch's features and labels of the last evaluation, and how it ranked."""
+
+    qf: torch.Tensor
+    gf: torch.Tensor
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_camids: np.ndarray
+    g_camids: np.ndarray
+    q_paths: list
+    g_paths: list
+    metric: str
+    rerank: bool
 
 
 class _NullWriter:
