@@ -79,6 +79,7 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
+@pytest.mark.slow  # two trainings and two evaluations: about 30 s on 2 CPU cores
 def test_resume_continues_with_the_checkpoint_recipe(tiny_reid, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train(tiny_reid, out, "train.max_epoch=1", "loss.mode=dsl") == 0
