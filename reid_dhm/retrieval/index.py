@@ -153,8 +153,9 @@ class GalleryIndex:
             raise ValueError(f"unknown index kind {kind!r}; valid kinds are {list(KINDS)}")
         self.kind = kind
         self.params = _check_params(kind, self.dim, params)
-        self._gpu_id = self._check_device(device)  # None: CPU (or 'auto', decided later)
-        self.device = "auto" if device == "auto" else str(parse_device(device))
+        dev = parse_device(device)  # None for 'auto'
+        self.device = "auto" if dev is None else str(dev)
+        self._gpu_id = self._explicit_gpu(dev, device)  # None: CPU, or 'auto' (decided later)
         self._index = None  # faiss index once built (flat / hnsw at once, ivf* at train)
         self._gpu_res = None
         self._pending: list[np.ndarray] = []  # vectors added before training
@@ -165,9 +166,8 @@ class GalleryIndex:
         if kind not in _NEEDS_TRAINING:
             self._set_index(self._make_index(None)[0])
 
-    def _check_device(self, device) -> int | None:
+    def _explicit_gpu(self, dev: torch.device | None, device) -> int | None:
         """The faiss GPU an explicit CUDA device asks for (checked now, not at train)."""
-        dev = parse_device(device)
         if dev is None or dev.type == "cpu":
             return None
         if dev.type != "cuda":
