@@ -131,6 +131,20 @@ def test_resume_continues_with_the_checkpoint_recipe(tiny_reid, tmp_path, capsys
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 2
 
 
+def test_a_new_run_keeps_the_earlier_run_in_its_folder(tiny_reid, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train(tiny_reid, out, "train.max_epoch=1", "train.fixbase_epoch=0") == 0
+    first = _files(out)
+    capsys.readouterr()
+    # The same command again: the first run's checkpoint must not be overwritten.
+    assert run_train(tiny_reid, out, "train.max_epoch=1", "train.fixbase_epoch=0") == 0
+    (kept,) = tmp_path.glob("run.*")
+    assert f"{out} held an earlier run; kept it as {kept}" in capsys.readouterr().out
+    assert _files(kept) == first
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()].count("run") == 1
+
+
 def test_resume_refuses_another_dataset_and_model(tiny_checkpoint, capsys):
     resume = ["--resume", str(tiny_checkpoint)]
     assert train_tool.main([*resume, "--dataset", "synthreid", "train.max_epoch=2"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +212,30 @@ def write_config(cfg: dict, out_dir: Path, evaluated: str | None = None) -> Path
     return path
 
 
+# Files that show a folder holds a run (seed<i>/ folders: a --seeds run).
+RUN_MARKERS = ("config.yaml", "checkpoint.pth", "seeds.json", "seed0/config.yaml")
+
+
+def set_aside_earlier_run(out: Path) -> Path | None:
+    """Rename a folder that holds an earlier run, so a new run never overwrites it.
+
+    A fresh training run into ``out`` would replace the checkpoint, config and results
+    found there; the earlier run is kept as ``out.<time of its last write>`` instead.
+
+    Returns:
+        The earlier run's new path, or None when ``out`` held no run.
+    """
+    found = [out / m for m in RUN_MARKERS if (out / m).is_file()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(f.stat().st_mtime for f in found)))
+    target, n = out.with_name(f"{out.name}.{stamp}"), 1
+    while target.exists():
+        target, n = out.with_name(f"{out.name}.{stamp}-{n}"), n + 1
+    out.rename(target)
+    return target
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -232,5 +257,6 @@ __all__ = [
     "needs_unused_parameter_search",
     "reid_data_kwargs",
     "run_guarded",
+    "set_aside_earlier_run",
     "write_config",
 ]

@@ -18,7 +18,8 @@ resolved config is written beside the checkpoint as config.yaml.
 Outputs go to --output-dir; without it, to the checkpoint's folder when resuming,
 else log/<dataset>/<model>-<mode>. --eval-only (and a resumed checkpoint that has
 already trained train.max_epoch epochs) writes into an eval/ folder inside that
-folder, so the training run's files are never touched.
+folder, so the training run's files are never touched. A new training run into a
+folder that holds an earlier run first renames that run to <folder>.<time>.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from common import (
     needs_unused_parameter_search,
     reid_data_kwargs,
     run_guarded,
+    set_aside_earlier_run,
     write_config,
 )
 
@@ -281,11 +283,28 @@ def main(argv=None) -> int:
     return run_guarded(_main, args)
 
 
+def keep_earlier_run(cfg: dict, args) -> None:
+    """A new training run into a folder that holds another run moves that run aside.
+
+    Resuming in the checkpoint's own folder continues that run, and evaluations write
+    into ``eval/``, so neither moves anything.
+    """
+    out = Path(cfg["output_dir"])
+    if args.eval_only or not is_main_process():
+        return
+    if args.resume and out.resolve() == Path(args.resume).resolve().parent:
+        return
+    moved = set_aside_earlier_run(out)
+    if moved is not None:
+        print(f"=> {out} held an earlier run; kept it as {moved}", flush=True)
+
+
 def _main(args) -> None:
     start = time.time()
     cfg, ckpt = prepare(args)
     if args.seeds is not None and cfg["task"] == "reid":
         raise UsageError("--seeds is available for classification datasets only")
+    keep_earlier_run(cfg, args)
     if cfg["task"] == "reid":
         run_reid(cfg, args, ckpt)
     else:
