@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ..models.dhm import branch_name_tuple
+from ..utils.checks import branch_name_tuple, check_int
 
 POLICIES = ("fixed", "bernoulli")
 MAIN = "main"
@@ -44,26 +43,15 @@ class BranchSampler:
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"p for {b!r} must be in [0, 1], got {v!r}")
         self.p = {b: float(probs.get(b, 1.0)) for b in self.aux}
-        self.seed = _non_negative_int(seed, "seed")
+        self.seed = check_int(seed, "BranchSampler seed", low=0)
 
     def sample(self, epoch: int) -> tuple[str, ...]:
         """Active branches for ``epoch``, in depth order, ``main`` first."""
         if self.policy == "fixed":
             return (MAIN, *self.aux)
-        rng = np.random.default_rng([self.seed, _non_negative_int(epoch, "epoch")])
+        rng = np.random.default_rng([self.seed, check_int(epoch, "BranchSampler epoch", low=0)])
         draws = rng.random(len(self.aux))
         return (MAIN, *(b for b, u in zip(self.aux, draws) if u < self.p[b]))
 
     def __repr__(self) -> str:
         return f"BranchSampler(branches={self.aux}, policy={self.policy!r}, p={self.p})"
-
-
-def _non_negative_int(value, what: str) -> int:
-    # numpy's seed sequence takes only non-negative integers and its error names no argument.
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or number < 0:
-        raise ValueError(f"BranchSampler {what} must be an integer >= 0, got {value!r}")
-    return number

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.dhm import branch_name_tuple
+from ..utils.checks import branch_name_tuple
 
 MODES = ("baseline", "dsl", "dhm")
 DIRECTIONS = ("bidirectional", "top-down", "bottom-up")

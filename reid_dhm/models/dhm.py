@@ -9,12 +9,12 @@ lives here once, for every architecture.
 
 from __future__ import annotations
 
-import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
 
+from ..utils.checks import branch_name_tuple, check_int
 from .outputs import BranchOutputs
 
 MAIN = "main"
@@ -223,19 +223,8 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def check_num_classes(num_classes: int) -> int:
-    """``num_classes`` as a Python int >= 1; anything else raises ``ValueError``.
-
-    Any integer type counts (``operator.index``: numpy integers from a label array,
-    torch integer scalars), but not ``bool`` and not floats, even integral ones: a
-    float class count is a bug upstream, not something to round.
-    """
-    try:
-        value = None if isinstance(num_classes, bool) else operator.index(num_classes)
-    except TypeError:
-        value = None
-    if value is None or value < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    return value
+    """``num_classes`` as a Python int >= 1 (any integer type, not bool or float)."""
+    return check_int(num_classes, "num_classes")
 
 
 def resolve_branches(
@@ -256,19 +245,6 @@ def resolve_branches(
     return tuple(sorted(chosen))
 
 
-def branch_name_tuple(names: Iterable[str], what: str) -> tuple[str, ...]:
-    """``names`` as a tuple; a bare string is refused with a ``ValueError``.
-
-    ``tuple('aux1')`` would silently become ``('a', 'u', 'x', '1')``; ``what`` names
-    the argument in the message.
-    """
-    if isinstance(names, str):
-        raise ValueError(
-            f"{what} must be a list of branch names, not the string {names!r} (write [{names!r}])"
-        )
-    return tuple(names)
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -277,7 +253,6 @@ __all__ = [
     "MAIN",
     "AuxBranch",
     "DHMNet",
-    "branch_name_tuple",
     "check_num_classes",
     "init_weights",
     "count_parameters",

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils.checks import check_int
 from ..utils.device import parse_device
 from ..utils.io import atomic_path
-from .validate import as_features, as_labels, check_int, check_metric
+from .validate import as_features, as_labels, check_metric
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 FORMAT = "reid_dhm.GalleryIndex"

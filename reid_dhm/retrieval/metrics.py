@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.checks import check_int
 from .distance import DistanceBlocks
 from .ranking import BYTES_PER_ENTRY, BYTES_PER_SLOT, PositiveLookup, positive_ranks
 from .validate import (
     as_features,
     as_labels,
-    check_int,
     check_metric,
     check_same_dim,
     compute_device,

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.checks import check_int
 from .distance import DistanceBlocks
-from .validate import as_features, check_int, check_metric, check_same_dim, compute_device
+from .validate import as_features, check_metric, check_same_dim, compute_device
 
 _TINY = torch.finfo(torch.float32).tiny
 # Items whose base distances are sampled to estimate a row maximum (approximate mode).

@@ -23,22 +23,6 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
-    """``value`` as a Python int in ``[low, high]``, else a one-line ``ValueError``.
-
-    numpy integers become plain ints (JSON and faiss' SWIG layer reject numpy scalars);
-    bool and float (even integral ones such as ``1e6``) are rejected, not truncated.
-    """
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
-    if ok:
-        value = int(value)
-        ok = value >= low and (high is None or value <= high)
-    if not ok:
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
-    return value
-
-
 def compute_device(device: str | torch.device, *tensors) -> torch.device:
     """``utils.device.resolve_device`` for the ranking code, which runs on CPU (numpy) or
     CUDA (torch) only; ``'auto'`` follows a CUDA input."""
