@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
         "name": "dhm_resnet50",
         "branches": None,  # None: the model's default (aux1 + aux2)
         "pretrained": True,  # True: torchvision weights from the torch hub cache; or a path
+        # paper: the paper's branch recipes; mirror: each aux branch a fresh copy of the
+        # main path's stages after its fork (ResNets, MobileNetV2, CIFAR ResNets)
+        "branch_style": "paper",
         "kwargs": {},
     },
     "data": {
@@ -59,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
         "label_smooth": 0.1,
         "temperature": 1.0,
         "kl_weight": 1.0,
+        "kl_warmup_epochs": 0,  # KL weight ramps linearly from 0 over the first E epochs
+        "kl_teachers": "all",  # all | deeper (all but the shallowest branch) | main
         "ce_weights": None,
     },
     "branch_sampling": {"policy": "fixed", "p": 0.5, "seed": 0},
@@ -86,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",
         "amp": "none",
         "sync_bn": False,  # classification under torchrun on CUDA: SyncBatchNorm over all GPUs
+        # every N iterations: cosine of the branches' gradients on the shared stem (0 = off)
+        "grad_monitor_every": 0,
     },
     "test": {
         "metric": "euclidean",
@@ -214,6 +221,8 @@ MINIMUMS = {
     "data.test_limit": 0,
     "test.vis_queries": 0,
     "test.vis_topk": 1,
+    "loss.kl_warmup_epochs": 0,
+    "train.grad_monitor_every": 0,
 }
 
 

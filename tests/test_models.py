@@ -219,14 +219,18 @@ def test_numpy_integer_class_count_is_accepted():
     [
         ("dhm_resnet18", dict(last_strde=1), r"'dhm_resnet18' takes no keyword 'last_strde'"),
         ("resnet50", dict(depth=101), r"'resnet50' takes no keyword 'depth'"),
-        ("dhm_mobilenetv2", dict(last_stride=1), r"'last_stride'.*\['branches', 'width_mult'\]"),
+        (
+            "dhm_mobilenetv2",
+            dict(last_stride=1),
+            r"'last_stride'.*\['branches', 'width_mult', 'branch_style'\]",
+        ),
     ],
 )
 def test_unknown_model_keyword_is_a_value_error_listing_accepted_ones(name, kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
         build_model(name, 3, **kwargs)
     if name == "dhm_resnet18":
-        assert "['branches', 'last_stride']" in str(info.value)
+        assert "['branches', 'last_stride', 'branch_style']" in str(info.value)
 
 
 def test_a_single_branch_name_string_is_refused():

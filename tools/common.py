@@ -84,6 +84,10 @@ def model_kwargs(cfg: dict) -> dict:
     kwargs = dict(m["kwargs"])
     if m["branches"] is not None:
         kwargs["branches"] = m["branches"]
+    # Only a non-default style is passed: models without the option (CIFAR DenseNet,
+    # WRN) keep building from configs that leave it alone.
+    if m["branch_style"] != "paper":
+        kwargs["branch_style"] = m["branch_style"]
     return kwargs
 
 
@@ -174,6 +178,8 @@ def build_criterion(cfg: dict):
         temperature=loss["temperature"],
         ce_weights=loss["ce_weights"],
         kl_weight=loss["kl_weight"],
+        kl_warmup_epochs=loss["kl_warmup_epochs"],
+        kl_teachers=loss["kl_teachers"],
     )
 
 

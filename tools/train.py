@@ -174,6 +174,7 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
 
     from reid_dhm.data.reid_manager import build_reid_datamanager, prepare_reid_dataset
     from reid_dhm.engines import distributed as dist
+    from reid_dhm.engines.grad_monitor import monitor_history
     from reid_dhm.engines.optim import build_optimizer, build_scheduler
     from reid_dhm.engines.reid_engine import DHMReIDEngine
     from reid_dhm.engines.reid_loaders import reid_train_loader
@@ -244,6 +245,7 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
         history=history,
         is_main_process=info.is_main,
         train_sampler=train_sampler,
+        grad_monitor_every=train["grad_monitor_every"],
     )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -270,6 +272,9 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
         if args.eval_only:
             results.update(checkpoint=str(args.resume), checkpoint_epochs=ckpt.get("epoch"))
         results.update(engine.results)
+        monitored = monitor_history(engine.history)
+        if monitored:
+            results["grad_monitor"] = monitored
         atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return engine.results
 

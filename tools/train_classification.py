@@ -157,6 +157,7 @@ def train_one(cfg: dict, args, info, ckpt=None) -> dict:
         config=cfg,
         run_info=run_info,
         is_main_process=info.is_main,
+        grad_monitor_every=train["grad_monitor_every"],
     )
     if start_epoch:
         if not foreign:

@@ -45,6 +45,8 @@ from ..utils.io import atomic_write_text
 from . import distributed as dist
 from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
+from .grad_monitor import PREFIX as MONITOR_PREFIX
+from .grad_monitor import GradientMonitor, monitor_history
 from .plots import plot_training_curves
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -133,6 +135,8 @@ class ClassificationEngine:
         is_main_process: the process that prints and writes (default: rank 0).
         tensorboard: write TensorBoard events into ``save_dir``.
         log: where text lines go (default ``print``).
+        grad_monitor_every: every this many iterations of an epoch, measure how the
+            branches' gradients on the shared stem agree (``GradientMonitor``); 0 = off.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class ClassificationEngine:
         is_main_process: bool | None = None,
         tensorboard: bool = True,
         log: Callable[[str], None] = print,
+        grad_monitor_every: int = 0,
     ):
         self.model = model
         self.bare = unwrap(model)
@@ -184,6 +189,9 @@ class ClassificationEngine:
         self.tensorboard = tensorboard
         self.log = log
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
+        self.monitor = (
+            GradientMonitor(model, criterion, grad_monitor_every) if grad_monitor_every else None
+        )
         self.history: list[dict] = []
         self.best: dict | None = None  # {'epoch', 'top1_err', 'top5_err'} of main
         self.last_eval: dict | None = None
@@ -233,6 +241,7 @@ class ClassificationEngine:
         start = time.time()
         active = self._branches_for(epoch)
         self.bare.set_active_branches(active)
+        self.criterion.set_epoch(epoch)
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -255,6 +264,14 @@ class ClassificationEngine:
         for step, (images, targets) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
+            if self.monitor is not None and self.monitor.due(step):
+                monitored = self.monitor.measure(
+                    images, targets, active, autocast(self.amp, self.device)
+                )
+                if self.writer is not None and self.is_main:
+                    it = epoch * (total or 0) + step + 1
+                    for key, value in monitored.items():
+                        self.writer.add_scalar(f"Monitor/{key[len(MONITOR_PREFIX) :]}", value, it)
             with autocast(self.amp, self.device):
                 output = self.model(images)
             # The loss in float32 whatever the autocast dtype (log-softmax, KL).
@@ -304,6 +321,10 @@ class ClassificationEngine:
                 f"training diverged: the loss is {record['loss']} in epoch {epoch + 1} "
                 f"(lr {lr:.3g}); lower the learning rate or add warm-up epochs"
             )
+        if self.criterion.mode == "dhm":
+            record["kl_weight"] = self.criterion.current_kl_weight
+        if self.monitor is not None:
+            record.update(self.monitor.epoch_means())
         record["active"] = list(active)
         record["frozen"] = frozen
         record["seconds"] = time.time() - start
@@ -436,7 +457,11 @@ class ClassificationEngine:
 
     def _results(self) -> dict:
         epochs = self.history[-1]["epoch"] if self.history else 0
-        return {"epochs": epochs, "best": self.best, "final": self.last_eval}
+        results = {"epochs": epochs, "best": self.best, "final": self.last_eval}
+        monitored = monitor_history(self.history)
+        if monitored:
+            results["grad_monitor"] = monitored
+        return results
 
     def write_results(self) -> Path:
         path = self.save_dir / "results.json"
@@ -465,7 +490,11 @@ class ClassificationEngine:
         if "test/top1_err" in r:
             line += f"  test err top1 {r['test/top1_err']:.2f} top5 {r['test/top5_err']:.2f}"
             line += f" (best {self.best['top1_err']:.2f} @ {self.best['epoch']})"
-            others = [(k.split("/")[1], v) for k, v in r.items() if k.count("/") == 2]
+            others = [
+                (k.split("/")[1], v)
+                for k, v in r.items()
+                if k.startswith("test/") and k.count("/") == 2
+            ]
             line += "".join(f"  {b} top1 {v:.2f}" for b, v in others)
         if r.get("frozen"):
             line += "  [backbone frozen]"

@@ -18,7 +18,8 @@ def plot_training_curves(history: Sequence[Mapping], path: str | os.PathLike) ->
     Args:
         history: one mapping per epoch with ``epoch`` and averaged terms such as
             ``loss``, ``ce/main``, ``kl/aux1->main``, ``acc/main``; optional
-            ``test/mAP``, ``test/rank1``.
+            ``test/mAP``, ``test/rank1``, and the gradient monitor's ``grad/cos/<p>~<q>``
+            and ``grad/norm/<b>``.
     """
     import matplotlib
 
@@ -32,10 +33,24 @@ def plot_training_curves(history: Sequence[Mapping], path: str | os.PathLike) ->
         ("KL mimicking (teacher->student)", [k for k in keys if k.startswith("kl/")]),
         ("training accuracy per branch (%)", [k for k in keys if k.startswith("acc/")]),
         ("test (main branch)", [k for k in keys if k.startswith("test/")]),
+        # The gradient monitor's pair-level and branch-level means (per-stage keys have
+        # one more '/', and would crowd the panels: they stay in TensorBoard / JSON).
+        (
+            "gradient cosine on the shared stem",
+            [k for k in keys if k.startswith("grad/cos/") and k.count("/") == 2],
+        ),
+        (
+            "gradient norm on the stem",
+            [k for k in keys if k.startswith("grad/norm/") and k.count("/") == 2],
+        ),
     ]
     panels = [(t, ks) for t, ks in panels if ks]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (title, ks) in zip(axes[0], panels):
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, ks) in zip(axes.flat, panels):
         for k in ks:
             pts = [(e, h[k]) for e, h in zip(epochs, history) if k in h]
             if pts:

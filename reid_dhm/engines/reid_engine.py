@@ -43,6 +43,8 @@ from ..utils.checkpoint import save_checkpoint, unwrap
 from . import distributed as dist
 from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
+from .grad_monitor import PREFIX as MONITOR_PREFIX
+from .grad_monitor import GradientMonitor
 from .plots import plot_ranked_results, plot_training_curves
 from .reid_loaders import sharded_eval_loader
 
@@ -64,6 +66,8 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         vis_queries, vis_topk: size of the ranked-results PNG written after the final test.
         history: per-epoch records of an earlier run (when resuming).
         is_main_process: only this process logs and writes files (DDP rank 0).
+        grad_monitor_every: every this many iterations of an epoch, measure how the
+            branches' gradients on the shared stem agree (``GradientMonitor``); 0 = off.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         history: Sequence[Mapping] | None = None,
         is_main_process: bool = True,
         train_sampler=None,
+        grad_monitor_every: int = 0,
     ):
         device = next(unwrap(model).parameters()).device
         super().__init__(
@@ -99,6 +104,9 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         self.is_main = is_main_process
         self.train_sampler = train_sampler  # a DistributedSampler needs set_epoch()
         self.active = unwrap(model).branch_names
+        self.monitor = (
+            GradientMonitor(model, criterion, grad_monitor_every) if grad_monitor_every else None
+        )
         self.results: dict = {}
         self._last_eval = None
         self.save_dir: Path | None = None
@@ -108,6 +116,9 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         imgs, pids = self.parse_data_for_train(data)
         imgs = imgs.to(self.device, non_blocking=True)
         pids = pids.to(self.device, non_blocking=True)
+        monitored = {}
+        if self.monitor is not None and self.monitor.due(self.batch_idx):
+            monitored = self.monitor.measure(imgs, pids, self.active)
         output = self.model(imgs)
         losses = self.criterion(output, pids, active=self.active)
         self.optimizer.zero_grad(set_to_none=True)
@@ -117,6 +128,10 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         for branch, logits in output.logits.items():
             acc = (logits.detach().argmax(1) == pids).float().mean()
             summary[f"acc/{branch}"] = 100.0 * float(acc)
+        if monitored and self.writer is not None and self.is_main:
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, value in monitored.items():
+                self.writer.add_scalar(f"Monitor/{name[len(MONITOR_PREFIX) :]}", value, n_iter)
         return summary
 
     def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None):
@@ -130,6 +145,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         else:
             self.active = bare.branch_names
         bare.set_active_branches(self.active)
+        self.criterion.set_epoch(self.epoch)
         if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
             self.train_sampler.set_epoch(self.epoch)
         self.set_model_mode("train")
@@ -171,6 +187,10 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         self.update_lr()
         record = {"epoch": self.epoch + 1, "lr": lr, "frozen": bool(frozen)}
         record.update(epoch_means(meters))
+        if self.criterion.mode == "dhm":
+            record["kl_weight"] = self.criterion.current_kl_weight
+        if self.monitor is not None:
+            record.update(self.monitor.epoch_means())
         record["active"] = list(self.active)
         record["seconds"] = time.time() - start
         self.history.append(record)

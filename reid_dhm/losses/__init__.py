@@ -1,12 +1,13 @@
 """The DHM loss and the per-epoch branch sampler."""
 
 from .branch_sampler import POLICIES, BranchSampler
-from .dhm_loss import DIRECTIONS, MODES, DHMLoss, kl_mimic, mimicking_pairs
+from .dhm_loss import DIRECTIONS, MODES, TEACHERS, DHMLoss, kl_mimic, mimicking_pairs
 
 __all__ = [
     "DIRECTIONS",
     "MODES",
     "POLICIES",
+    "TEACHERS",
     "BranchSampler",
     "DHMLoss",
     "kl_mimic",

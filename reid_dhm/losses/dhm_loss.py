@@ -20,6 +20,9 @@ from ..utils.checks import branch_name_tuple
 
 MODES = ("baseline", "dsl", "dhm")
 DIRECTIONS = ("bidirectional", "top-down", "bottom-up")
+# Which branches may teach: every one (the paper), every one but the shallowest active
+# branch (the least informed teacher never teaches), or the main branch alone.
+TEACHERS = ("all", "deeper", "main")
 MAIN = "main"
 
 
@@ -29,17 +32,31 @@ def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
     return value
 
 
-def mimicking_pairs(branches: Iterable[str], direction: str) -> list[tuple[str, str]]:
+def mimicking_pairs(
+    branches: Iterable[str], direction: str, teachers: str = "all"
+) -> list[tuple[str, str]]:
     """Ordered (teacher, student) pairs among ``branches`` given in depth order.
 
     Depth order means the deepest branch first (``main``, ``aux1``, ``aux2``, ...).
-    ``top-down``: shallower branches mimic deeper ones (teacher deeper than student);
-    ``bottom-up``: the reverse; ``bidirectional``: both, n(n-1) pairs.
+    ``direction``: ``top-down``: shallower branches mimic deeper ones (teacher deeper
+    than student); ``bottom-up``: the reverse; ``bidirectional``: both, n(n-1) pairs.
+    ``teachers`` (applied on top of the direction): ``all`` (the paper); ``deeper``:
+    every branch but the shallowest one in ``branches`` teaches; ``main``: only the
+    main branch teaches.
     """
     _choice(direction, DIRECTIONS, "direction")
+    _choice(teachers, TEACHERS, "kl_teachers value")
     order = list(branches)
+    if teachers == "main":
+        allowed = {MAIN}
+    elif teachers == "deeper":
+        allowed = set(order[:-1])
+    else:
+        allowed = set(order)
     pairs = []
     for i, teacher in enumerate(order):
+        if teacher not in allowed:
+            continue
         for j, student in enumerate(order):
             if i == j:
                 continue
@@ -77,12 +94,21 @@ class DHMLoss(nn.Module):
         temperature: softmax temperature T of the KL terms (scaled by T^2).
         ce_weights: optional ``{branch: lambda}``; missing branches weigh 1.
         kl_weight: mu, the weight of every KL term.
+        kl_warmup_epochs: E; the KL weight ramps linearly from 0 to ``kl_weight`` over
+            the first E epochs (``kl_weight * e / E`` in 0-based epoch e < E), so that
+            early, still uninformed teachers pull less. 0 (default): full weight from
+            the start. Engines call :meth:`set_epoch` at the start of every epoch.
+        kl_teachers: which branches act as teachers: ``'all'`` (the paper),
+            ``'deeper'`` (all but the shallowest active branch) or ``'main'``;
+            orthogonal to ``direction``.
 
     Call ``crit(output, targets, active=None)`` with ``output`` a ``BranchOutputs`` (or
     any mapping ``branch -> (B, K) logits`` in depth order) and ``targets`` (B,) class
     indices. ``active`` restricts the loss to those branches (``main`` is always in).
     Returns a dict: ``loss`` (the scalar to back-propagate) and every term as a
     detached scalar, ``ce/<branch>`` and ``kl/<teacher>-><student>`` (unweighted).
+    :meth:`branch_losses` splits ``loss`` by the branch whose output each term's
+    gradient reaches (a KL term reaches its student only).
     """
 
     def __init__(
@@ -93,10 +119,22 @@ class DHMLoss(nn.Module):
         temperature: float = 1.0,
         ce_weights: Mapping[str, float] | None = None,
         kl_weight: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        kl_teachers: str = "all",
     ):
         super().__init__()
         self.mode = _choice(mode, MODES, "mode")
         self.direction = _choice(direction, DIRECTIONS, "direction")
+        self.kl_teachers = _choice(kl_teachers, TEACHERS, "kl_teachers value")
+        if self.kl_teachers == "main" and self.direction == "bottom-up":
+            raise ValueError(
+                "kl_teachers='main' with direction='bottom-up' leaves no KL pair (bottom-up "
+                "teachers are shallower than their students; main is the deepest branch)"
+            )
+        if isinstance(kl_warmup_epochs, bool) or not isinstance(kl_warmup_epochs, int):
+            raise ValueError(f"kl_warmup_epochs must be an integer, got {kl_warmup_epochs!r}")
+        if kl_warmup_epochs < 0:
+            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs!r}")
         if not 0.0 <= label_smooth < 1.0:
             raise ValueError(f"label_smooth must be in [0, 1), got {label_smooth!r}")
         if not temperature > 0:
@@ -111,12 +149,33 @@ class DHMLoss(nn.Module):
             )
         self.ce_weights = dict(ce_weights or {})
         self.kl_weight = float(kl_weight)
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.epoch = 0
 
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, direction={self.direction!r}, label_smooth={self.label_smooth}, "
-            f"temperature={self.temperature}, kl_weight={self.kl_weight}"
+            f"temperature={self.temperature}, kl_weight={self.kl_weight}, "
+            f"kl_warmup_epochs={self.kl_warmup_epochs}, kl_teachers={self.kl_teachers!r}"
         )
+
+    def kl_weight_at(self, epoch: int) -> float:
+        """The KL weight in 0-based ``epoch``: a linear ramp over the warm-up, then mu."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
+        if self.kl_warmup_epochs == 0 or epoch >= self.kl_warmup_epochs:
+            return self.kl_weight
+        return self.kl_weight * epoch / self.kl_warmup_epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the KL weight of 0-based ``epoch`` from now on (engines call it every epoch)."""
+        self.kl_weight_at(epoch)  # validates
+        self.epoch = int(epoch)
+
+    @property
+    def current_kl_weight(self) -> float:
+        """The weight the KL terms get in the current epoch (see :meth:`set_epoch`)."""
+        return self.kl_weight_at(self.epoch)
 
     def branches_used(self, available: Iterable[str], active: Iterable[str] | None = None):
         """The branches that get a term, in depth order."""
@@ -136,9 +195,8 @@ class DHMLoss(nn.Module):
             )
         return [b for b in available if b == MAIN or b in active]
 
-    def forward(
-        self, output, targets: Tensor, active: Iterable[str] | None = None
-    ) -> dict[str, Tensor]:
+    def _terms(self, output, targets: Tensor, active: Iterable[str] | None):
+        """Every term as (name, branch its gradient reaches, weight, value), in order."""
         logits = getattr(output, "logits", output)
         if not isinstance(logits, Mapping):
             raise TypeError(
@@ -152,20 +210,41 @@ class DHMLoss(nn.Module):
                 f"ce_weights names branch {unknown[0]!r}, which is not in the model output "
                 f"{list(logits)}"
             )
-        terms: OrderedDict[str, Tensor] = OrderedDict()
-        total = logits[MAIN].new_zeros(())
+        terms = []
         for b in used:
             ce = F.cross_entropy(logits[b], targets, label_smoothing=self.label_smooth)
-            terms[f"ce/{b}"] = ce
-            total = total + self.ce_weights.get(b, 1.0) * ce
+            terms.append((f"ce/{b}", b, self.ce_weights.get(b, 1.0), ce))
         if self.mode == "dhm":
-            for teacher, student in mimicking_pairs(used, self.direction):
+            mu = self.current_kl_weight
+            for teacher, student in mimicking_pairs(used, self.direction, self.kl_teachers):
                 kl = kl_mimic(logits[teacher], logits[student], self.temperature)
-                terms[f"kl/{teacher}->{student}"] = kl
-                total = total + self.kl_weight * kl
+                terms.append((f"kl/{teacher}->{student}", student, mu, kl))
+        return logits, terms
+
+    def forward(
+        self, output, targets: Tensor, active: Iterable[str] | None = None
+    ) -> dict[str, Tensor]:
+        logits, terms = self._terms(output, targets, active)
+        total = logits[MAIN].new_zeros(())
+        for _, _, weight, value in terms:
+            total = total + weight * value
         out = {"loss": total}
-        out.update((k, v.detach()) for k, v in terms.items())
+        out.update((name, value.detach()) for name, _, _, value in terms)
+        return out
+
+    def branch_losses(
+        self, output, targets: Tensor, active: Iterable[str] | None = None
+    ) -> OrderedDict[str, Tensor]:
+        """The loss split by branch: ``{branch: sum of weighted terms whose gradient
+        reaches that branch's output}`` (its CE term and the KL terms it is the student
+        of), in depth order. The values sum to ``forward(...)['loss']``; the gradient
+        of one of them is what that branch pushes into the shared stem.
+        """
+        logits, terms = self._terms(output, targets, active)
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        for _, branch, weight, value in terms:
+            out[branch] = out.get(branch, logits[MAIN].new_zeros(())) + weight * value
         return out
 
 
-__all__ = ["DIRECTIONS", "MODES", "DHMLoss", "kl_mimic", "mimicking_pairs"]
+__all__ = ["DIRECTIONS", "MODES", "TEACHERS", "DHMLoss", "kl_mimic", "mimicking_pairs"]

@@ -14,6 +14,10 @@ down-sampling:
 * ``aux1`` forks from ``layer2`` (32 ch, 16x16): one stage of double width, 128 ch
   stride 2.
 
+``branch_style='mirror'`` makes each branch a fresh copy of the main path's own
+stages after its fork instead (aux1 = a new ``layer3``, aux2 = new ``layer2`` +
+``layer3``, n blocks each, 64-d embeddings).
+
 Module names of the main path equal the authors' (``conv1``, ``bn1``, ``layer1`` ...;
 their ``fc`` is our ``classifier``).
 """
@@ -27,6 +31,7 @@ from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_bra
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
+BRANCH_STYLES = ("paper", "mirror")
 
 # depth -> blocks per branch stage ((aux2 32-ch stage, aux2 64-ch stage), (aux1 128-ch stage,))
 # 32 / 110 / 1202 are the authors'; 20 follows ResNet-32's pattern (n, ~n/2; n) and is ours,
@@ -127,6 +132,9 @@ class DHMCifarResNet(DHMNet):
             and deployed model).
         branch_blocks: blocks per branch stage ``((aux2_32ch, aux2_64ch), (aux1_128ch,))``;
             default: the authors' table for depths 32, 110, 1202 (and ours for 20).
+            ``'paper'`` style only.
+        branch_style: ``'paper'`` (the authors' branches, default) or ``'mirror'``
+            (each branch a fresh copy of the main path's stages after its fork).
 
     Input (B, 3, H, W), H and W multiples of 4 (32x32 for CIFAR). Eval output: the
     (B, 64) pooled ``layer3`` features. Branch embeddings: aux1 128-d, aux2 64-d.
@@ -140,18 +148,31 @@ class DHMCifarResNet(DHMNet):
         num_classes: int = 100,
         branches=DEFAULT_BRANCHES,
         branch_blocks=None,
+        branch_style: str = "paper",
     ):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth!r}")
         check_num_classes(num_classes)
+        if branch_style not in BRANCH_STYLES:
+            raise ValueError(
+                f"unknown branch_style {branch_style!r}; valid styles are {list(BRANCH_STYLES)}"
+            )
+        if branch_style == "mirror" and branch_blocks is not None:
+            raise ValueError(
+                "branch_blocks sets the 'paper' branches; 'mirror' copies the main path"
+            )
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
-        if branches:
+        n = (depth - 2) // 6
+        if branches and branch_style == "paper":
             branch_blocks = check_branch_blocks(branch_blocks, depth, BRANCH_BLOCKS, "ResNet")
         self.init_kwargs = dict(
-            depth=depth, num_classes=num_classes, branches=branches, branch_blocks=branch_blocks
+            depth=depth,
+            num_classes=num_classes,
+            branches=branches,
+            branch_blocks=branch_blocks,
+            branch_style=branch_style,
         )
-        n = (depth - 2) // 6
 
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -163,13 +184,18 @@ class DHMCifarResNet(DHMNet):
         self.feature_dim = 64
         self.classifier = nn.Linear(64, num_classes)
 
+        # (aux2 stage blocks, aux1 stage blocks) and the aux1 width: a mirror copies the
+        # main path's n-block 32- and 64-channel stages.
+        (a, b), (c,) = (
+            ((n, n), (n,)) if branch_style == "mirror" else (branch_blocks or ((1, 1), (1,)))
+        )
+        aux1_width = 64 if branch_style == "mirror" else 128
         aux = {}
         if "aux2" in branches:
-            (a, b), _ = branch_blocks
             body = nn.Sequential(make_cifar_stage(16, 32, a, 2), make_cifar_stage(32, 64, b, 2))
             aux["aux2"] = AuxBranch("layer1", body, 64, num_classes)
         if "aux1" in branches:
-            _, (c,) = branch_blocks
-            aux["aux1"] = AuxBranch("layer2", make_cifar_stage(32, 128, c, 2), 128, num_classes)
+            stage = make_cifar_stage(32, aux1_width, c, 2)
+            aux["aux1"] = AuxBranch("layer2", stage, aux1_width, num_classes)
         self._set_branches(aux)
         init_weights(self)

@@ -94,6 +94,15 @@ class DHMNet(nn.Module):
         dims.update((n, b.feature_dim) for n, b in self.aux_branches.items())
         return dims
 
+    def branch_path(self, branch: str) -> tuple[str, ...]:
+        """Main-path stages ``branch`` runs through: all of them for ``main``, else the
+        stages up to and including its fork (the stem it shares with the main branch)."""
+        self._check_branch_names([branch])
+        if branch == MAIN:
+            return self.stage_names
+        fork = self.aux_branches[branch].fork
+        return self.stage_names[: self.stage_names.index(fork) + 1]
+
     def set_active_branches(self, names: Iterable[str] | None) -> None:
         """Restrict training forward passes to ``names`` (``main`` is always computed).
 

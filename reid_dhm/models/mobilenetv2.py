@@ -13,6 +13,10 @@ branches is not public, so these follow the ResNet rule of DESIGN 2:
 * ``aux2`` forks from ``conv4`` (/8): c 64 s2, 96 s1, 160 s2, 320 s1 -> 1280.
 * ``aux1`` forks from ``conv6`` (/16): double width, c 320 s2, 640 s1 -> 2560.
 * ``aux3`` forks from ``conv3`` (/4): c 32 s2, 64 s2, 160 s2, 320 s1 -> 1280.
+
+``branch_style='mirror'`` makes every branch a fresh copy of the main path after its
+fork instead (the main path's own stage tuples, then the 1x1 ConvBlock to 1280):
+aux1 = new conv7 + conv8 + conv9, aux2 = new conv5 ... conv9, aux3 = new conv4 ... conv9.
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ _BRANCHES = {
 }
 AUX_BRANCHES = tuple(_BRANCHES)
 DEFAULT_BRANCHES = ("aux1", "aux2")
+BRANCH_STYLES = ("paper", "mirror")
+
+
+def branch_recipe(style: str, branch: str) -> tuple[str, tuple, int]:
+    """(fork stage, stages (t, c, n, s), final 1x1 channels) of ``branch`` in ``style``."""
+    fork, stages, out = _BRANCHES[branch]
+    if style == "mirror":
+        names = list(_MAIN)
+        return fork, tuple(_MAIN[n] for n in names[names.index(fork) + 1 :]), 1280
+    return fork, stages, out
 
 
 class ConvBlock(nn.Module):
@@ -87,19 +101,36 @@ class DHMMobileNetV2(DHMNet):
         num_classes: classifier outputs of every branch.
         branches: subset of ``('aux1', 'aux2', 'aux3')``; ``()`` = plain MobileNetV2.
         width_mult: channel multiplier (torchreid offers 1.0 and 1.4).
+        branch_style: ``'paper'`` (the recipes above, default) or ``'mirror'`` (each
+            branch a fresh copy of the main path after its fork).
 
     Eval output: (B, 1280) pooled ``conv9`` features (``1280 * width_mult`` if > 1).
     """
 
     stage_names = ("conv1", *_MAIN, "conv9")
 
-    def __init__(self, num_classes: int = 1000, branches=DEFAULT_BRANCHES, width_mult: float = 1.0):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        branches=DEFAULT_BRANCHES,
+        width_mult: float = 1.0,
+        branch_style: str = "paper",
+    ):
         super().__init__()
         check_num_classes(num_classes)
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
+        if branch_style not in BRANCH_STYLES:
+            raise ValueError(
+                f"unknown branch_style {branch_style!r}; valid styles are {list(BRANCH_STYLES)}"
+            )
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
-        self.init_kwargs = dict(num_classes=num_classes, branches=branches, width_mult=width_mult)
+        self.init_kwargs = dict(
+            num_classes=num_classes,
+            branches=branches,
+            width_mult=width_mult,
+            branch_style=branch_style,
+        )
 
         def ch(c: int) -> int:
             return int(c * width_mult)
@@ -120,7 +151,7 @@ class DHMMobileNetV2(DHMNet):
 
         aux = {}
         for name in branches:
-            fork, stages, out = _BRANCHES[name]
+            fork, stages, out = branch_recipe(branch_style, name)
             body, c_in = [], stage_out[fork]
             for t, c, n, s in stages:
                 body.append(make_stage(c_in, t, ch(c), n, s))

@@ -14,6 +14,11 @@ backbone's block type that keep the main path's total down-sampling.
 * ``aux3`` (paper Table 4, B3; placement is ours, the supplement is not public)
   forks from ``layer1``: layer2-, layer3- and layer4-like stages (planes 128, 256,
   512, stride 2 each).
+
+``branch_style='mirror'`` replaces those recipes by fresh copies of the main path's
+own remaining stages (same planes, block counts and strides as the main path from the
+fork on: aux1 = a new layer4, aux2 = new layer3 + layer4, aux3 = new layer2 + layer3 +
+layer4), so every branch is the main network's tail with its own weights.
 """
 
 from __future__ import annotations
@@ -39,7 +44,19 @@ _BRANCH_LAYOUT = {
 }
 AUX_BRANCHES = tuple(_BRANCH_LAYOUT)
 DEFAULT_BRANCHES = ("aux1", "aux2")
+BRANCH_STYLES = ("paper", "mirror")
+_MAIN_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_MAIN_PLANES = (64, 128, 256, 512)
 _STAGE_INPLANES = {"layer1": 64, "layer2": 128, "layer3": 256}
+
+
+def branch_stages(style: str, depth: int, branch: str) -> list[tuple[int, int]]:
+    """(planes, blocks) of each stage of ``branch`` in ``style``, from the tables above."""
+    fork, planes = _BRANCH_LAYOUT[branch]
+    if style == "mirror":
+        after = _MAIN_STAGES.index(fork) + 1
+        return list(zip(_MAIN_PLANES[after:], _SPECS[depth][1][after:]))
+    return list(zip(planes, _SPECS[depth][2][branch]))
 
 
 def make_stage(block, inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -77,6 +94,7 @@ class DHMResNet(DHMNet):
         num_classes: int = 1000,
         branches=DEFAULT_BRANCHES,
         last_stride: int = 2,
+        branch_style: str = "paper",
     ):
         super().__init__()
         if depth not in _SPECS:
@@ -84,11 +102,19 @@ class DHMResNet(DHMNet):
         check_num_classes(num_classes)
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if branch_style not in BRANCH_STYLES:
+            raise ValueError(
+                f"unknown branch_style {branch_style!r}; valid styles are {list(BRANCH_STYLES)}"
+            )
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         self.init_kwargs = dict(
-            depth=depth, num_classes=num_classes, branches=branches, last_stride=last_stride
+            depth=depth,
+            num_classes=num_classes,
+            branches=branches,
+            last_stride=last_stride,
+            branch_style=branch_style,
         )
-        block, layers, branch_blocks = _SPECS[depth]
+        block, layers, _ = _SPECS[depth]
         exp = block.expansion
 
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -107,10 +133,11 @@ class DHMResNet(DHMNet):
 
         aux = {}
         for name in branches:
-            fork, branch_planes = _BRANCH_LAYOUT[name]
+            fork = _BRANCH_LAYOUT[name][0]
+            spec = branch_stages(branch_style, depth, name)
             stages, cin = [], _STAGE_INPLANES[fork] * exp
-            for j, (p, n) in enumerate(zip(branch_planes, branch_blocks[name])):
-                stride = last_stride if j == len(branch_planes) - 1 else 2
+            for j, (p, n) in enumerate(spec):
+                stride = last_stride if j == len(spec) - 1 else 2
                 stages.append(make_stage(block, cin, p, n, stride))
                 cin = p * exp
             aux[name] = AuxBranch(fork, nn.Sequential(*stages), cin, num_classes)
