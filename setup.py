@@ -41,6 +41,7 @@ setup(
     ],
     extras_require={
         "export": ["onnx", "onnxscript", "onnxruntime"],
-        "dev": ["pytest", "ruff", "cython", "onnx", "onnxscript", "onnxruntime"],
+        # playwright drives Debian's /usr/bin/chromium in the report test (no browser download).
+        "dev": ["pytest", "ruff", "cython", "onnx", "onnxscript", "onnxruntime", "playwright"],
     },
 )

@@ -102,6 +102,7 @@ DEFAULTS: dict[str, Any] = {
         "per_branch": False,
         "vis_queries": 6,
         "vis_topk": 8,
+        "report": False,  # write the HTML evaluation report into <output_dir>/report
     },
 }
 
@@ -203,6 +204,7 @@ TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
         "test.ranks",
         "test.vis_queries",
         "test.vis_topk",
+        "test.report",
     ),
     "classification": ("data.limit", "data.test_limit", "train.amp", "train.sync_bn"),
 }

@@ -114,3 +114,19 @@ def tiny_checkpoint(tiny_reid, tmp_path_factory):
     ]  # fmt: skip
     assert train_tool.main(argv) == 0
     return out / "checkpoint.pth"
+
+
+def require_system(path, package: str) -> None:
+    """Skip (on a developer machine) or fail (in CI) when a Debian package's file is missing.
+
+    CI installs every such package and sets ``REID_DHM_REQUIRE_SYSTEM=1``, so these tests
+    always run there; elsewhere the skip reason says what to install.
+    """
+    from pathlib import Path
+
+    if Path(path).exists():
+        return
+    message = f"{path} is missing: apt-get install {package}"
+    if os.environ.get("REID_DHM_REQUIRE_SYSTEM"):
+        pytest.fail(message)
+    pytest.skip(message)

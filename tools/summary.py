@@ -15,7 +15,7 @@ import sys
 
 from common import UsageError, run_guarded
 
-from reid_dhm.models import build_model, list_models
+from reid_dhm.models import BRANCH_STYLES, build_model, list_models
 from reid_dhm.models.complexity import branch_costs
 
 WIDTH = 46
@@ -67,11 +67,20 @@ def format_table(name: str, size: tuple[int, int], rows: dict, num_classes: int)
 
 
 def summarize(args) -> None:
-    """Build the model named by ``args`` and print its cost table."""
+    """Build the model named by ``args`` and print its cost table (one per branch style)."""
     size = parse_size(args.input)
     kwargs = {} if args.branches is None else {"branches": args.branches}
-    model = build_model(args.model, args.num_classes, **kwargs)
-    print(format_table(args.model, size, branch_costs(model, size), model.num_classes))
+    styles = BRANCH_STYLES if args.branch_style == "both" else (args.branch_style,)
+    tables = []
+    for style in styles:
+        # Only a non-default style is passed: models without the option still work.
+        extra = {} if style == "paper" else {"branch_style": style}
+        model = build_model(args.model, args.num_classes, **kwargs, **extra)
+        name = (
+            f"{args.model} (branch style {style})" if args.branch_style != "paper" else args.model
+        )
+        tables.append(format_table(name, size, branch_costs(model, size), model.num_classes))
+    print("\n\n".join(tables))
 
 
 def main(argv=None) -> int:
@@ -80,6 +89,12 @@ def main(argv=None) -> int:
     parser.add_argument("--input", default="256x128", help="HxW, e.g. 256x128")
     parser.add_argument("--num-classes", type=int, default=751, help="classifier size (751)")
     parser.add_argument("--branches", default=None, help="aux branches, e.g. aux1,aux2")
+    parser.add_argument(
+        "--branch-style",
+        default="paper",
+        choices=(*BRANCH_STYLES, "both"),
+        help="aux branch recipes: the paper's, mirror copies of the main path, or both tables",
+    )
     return run_guarded(summarize, parser.parse_args(argv))
 
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from common import run_guarded
 
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 5, 10, 20],
                    help="Rank-k values to print (each >= 1)")  # fmt: skip
     p.add_argument("--output", help="also write the results as JSON here")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write a self-contained HTML report (metrics, CMC, hardest queries with their "
+        "top-k, camera pairs, config) into DIR; open DIR/index.html",
+    )
     return p
 
 
@@ -73,12 +80,16 @@ def evaluate_checkpoint(args) -> dict:
     all_results = {}
     for name, loaders in manager.test_loader.items():
         start = time.time()
-        qf, q_pids, q_camids, _ = extract_loader_features(model, loaders["query"], branches, show)
-        gf, g_pids, g_camids, _ = extract_loader_features(model, loaders["gallery"], branches, show)
+        qf, q_pids, q_camids, q_paths = extract_loader_features(
+            model, loaders["query"], branches, show
+        )
+        gf, g_pids, g_camids, g_paths = extract_loader_features(
+            model, loaders["gallery"], branches, show
+        )
         extracted = time.time()
-        table = {}
+        table, raw = {}, {}
         for branch in branches:
-            res = evaluate(
+            res = raw[branch] = evaluate(
                 qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
                 metric=metric, max_rank=max(50, *ranks), rerank=args.rerank,
             )  # fmt: skip
@@ -99,6 +110,24 @@ def evaluate_checkpoint(args) -> dict:
             f"{extracted - start:.1f} s, ranking {time.time() - extracted:.2f} s"
         )
         all_results[name] = table
+        if args.report:
+            from reid_dhm.report import write_report
+
+            folder = (
+                Path(args.report) if len(manager.test_loader) == 1 else Path(args.report) / name
+            )
+            page = write_report(
+                folder, raw, qf["main"], gf["main"], q_pids, g_pids, q_camids, g_camids,
+                q_paths, g_paths, metric=metric, rerank=args.rerank, ranks=ranks,
+                title=f"{ckpt.get('model_name', 'model')} on {name}",
+                info={
+                    "dataset": f"{name} ({args.root})",
+                    "checkpoint": str(args.checkpoint),
+                    "epochs trained": ckpt.get("epoch"),
+                },
+                config=cfg or None,
+            )  # fmt: skip
+            print(f"report: {page}")
     if args.output:
         atomic_write_text(args.output, json.dumps(all_results, indent=1))
     return all_results

@@ -246,6 +246,7 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
         is_main_process=info.is_main,
         train_sampler=train_sampler,
         grad_monitor_every=train["grad_monitor_every"],
+        report=test["report"],
     )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

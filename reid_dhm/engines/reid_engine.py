@@ -68,6 +68,8 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         is_main_process: only this process logs and writes files (DDP rank 0).
         grad_monitor_every: every this many iterations of an epoch, measure how the
             branches' gradients on the shared stem agree (``GradientMonitor``); 0 = off.
+        report: after the final evaluation, write the HTML report into
+            ``save_dir/report`` (``reid_dhm.report.write_report``).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         is_main_process: bool = True,
         train_sampler=None,
         grad_monitor_every: int = 0,
+        report: bool = False,
     ):
         device = next(unwrap(model).parameters()).device
         super().__init__(
@@ -107,6 +110,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         self.monitor = (
             GradientMonitor(model, criterion, grad_monitor_every) if grad_monitor_every else None
         )
+        self.report = report
         self.results: dict = {}
         self._last_eval = None
         self.save_dir: Path | None = None
@@ -236,6 +240,8 @@ class DHMReIDEngine(ImageSoftmaxEngine):
                 plot_training_curves(self.history, self.save_dir / "training_curves.png")
             if self._last_eval is not None and self.vis_queries > 0:
                 self.write_ranked_png(self.save_dir / "ranked_results.png")
+            if self._last_eval is not None and self.report:
+                self.write_report(self.save_dir / "report")
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -262,9 +268,9 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             return 0.0, 0.0
         metric = "cosine" if normalize_feature else dist_metric
         max_rank = max(50, max(ranks))
-        table = {}
+        table, raw = {}, {}
         for branch in branches:
-            res = evaluate(
+            res = raw[branch] = evaluate(
                 qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
                 metric=metric, max_rank=max_rank, rerank=rerank,
             )  # fmt: skip
@@ -278,8 +284,9 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             }
         self.results[dataset_name] = table
         self._last_eval = _LastEval(
-            qf[MAIN], gf[MAIN], q_pids, g_pids, q_camids, g_camids, q_paths, g_paths, metric, rerank
-        )
+            qf[MAIN], gf[MAIN], q_pids, g_pids, q_camids, g_camids, q_paths, g_paths, metric,
+            rerank, raw, dataset_name, tuple(ranks),
+        )  # fmt: skip
         main = table[MAIN]
         if self.is_main:
             print(format_results(dataset_name, table, ranks, metric, rerank))
@@ -338,6 +345,20 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             [ev.q_paths[i] for i in picks], ev.g_paths, idx, matches, path, distances=d.numpy()
         )
 
+    def write_report(self, path) -> Path:
+        """The HTML evaluation report of the last evaluation (``reid_dhm.report``)."""
+        from ..report import write_report
+
+        ev = self._last_eval
+        info = {"dataset": ev.dataset, "model": self.model_name, "epochs trained": self.epoch + 1}
+        if self.save_dir is not None:
+            info["run"] = str(self.save_dir)
+        return write_report(
+            path, ev.results, ev.qf, ev.gf, ev.q_pids, ev.g_pids, ev.q_camids, ev.g_camids,
+            ev.q_paths, ev.g_paths, metric=ev.metric, rerank=ev.rerank, ranks=ev.ranks,
+            title=f"{self.model_name} on {ev.dataset}", info=info, config=self.config,
+        )  # fmt: skip
+
     # -------------------------------------------------------------- checkpoints
     def save_model(self, epoch, rank1, save_dir, is_best=False):
         if self.is_main:
@@ -370,6 +391,9 @@ class _LastEval(NamedTuple):
     g_paths: list
     metric: str
     rerank: bool
+    results: dict  # branch -> evaluate() result
+    dataset: str
+    ranks: tuple
 
 
 class _NullWriter:

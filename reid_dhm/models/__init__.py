@@ -1,6 +1,6 @@
 """Backbones with DHM branches, the model registry and deployment."""
 
-from .dhm import MAIN, AuxBranch, DHMNet, count_parameters
+from .dhm import BRANCH_STYLES, MAIN, AuxBranch, DHMNet, count_parameters
 from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
 from .outputs import BranchOutputs
 from .registry import ModelEntry, build_model, get_entry, list_models, register_model
@@ -9,6 +9,7 @@ from .torchreid_compat import register_torchreid_models
 from .weights import load_backbone_weights, read_state_dict
 
 __all__ = [
+    "BRANCH_STYLES",
     "MAIN",
     "AuxBranch",
     "BranchOutputs",

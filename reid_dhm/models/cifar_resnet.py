@@ -27,11 +27,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
+from .dhm import (
+    AuxBranch,
+    DHMNet,
+    check_branch_style,
+    check_num_classes,
+    init_weights,
+    resolve_branches,
+)
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
-BRANCH_STYLES = ("paper", "mirror")
 
 # depth -> blocks per branch stage ((aux2 32-ch stage, aux2 64-ch stage), (aux1 128-ch stage,))
 # 32 / 110 / 1202 are the authors'; 20 follows ResNet-32's pattern (n, ~n/2; n) and is ours,
@@ -154,10 +160,7 @@ class DHMCifarResNet(DHMNet):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth!r}")
         check_num_classes(num_classes)
-        if branch_style not in BRANCH_STYLES:
-            raise ValueError(
-                f"unknown branch_style {branch_style!r}; valid styles are {list(BRANCH_STYLES)}"
-            )
+        check_branch_style(branch_style)
         if branch_style == "mirror" and branch_blocks is not None:
             raise ValueError(
                 "branch_blocks sets the 'paper' branches; 'mirror' copies the main path"

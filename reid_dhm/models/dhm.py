@@ -19,6 +19,9 @@ from .outputs import BranchOutputs
 
 MAIN = "main"
 AUX_PREFIX = "aux_branches."
+# How auxiliary branches are built: each architecture's recipe table ("paper"), or
+# fresh copies of the main path's own stages after the fork ("mirror").
+BRANCH_STYLES = ("paper", "mirror")
 
 
 class AuxBranch(nn.Module):
@@ -236,6 +239,13 @@ def check_num_classes(num_classes: int) -> int:
     return check_int(num_classes, "num_classes")
 
 
+def check_branch_style(style: str) -> str:
+    """``style`` if it is one of :data:`BRANCH_STYLES`, else a ValueError naming them."""
+    if style not in BRANCH_STYLES:
+        raise ValueError(f"unknown branch_style {style!r}; valid styles are {list(BRANCH_STYLES)}")
+    return style
+
+
 def resolve_branches(
     branches: Iterable[str] | str | None, available: Iterable[str], default: Iterable[str]
 ) -> tuple[str, ...]:
@@ -259,9 +269,11 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = [
+    "BRANCH_STYLES",
     "MAIN",
     "AuxBranch",
     "DHMNet",
+    "check_branch_style",
     "check_num_classes",
     "init_weights",
     "count_parameters",

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
+from .dhm import (
+    AuxBranch,
+    DHMNet,
+    check_branch_style,
+    check_num_classes,
+    init_weights,
+    resolve_branches,
+)
 
 # torchreid's main path: stage -> (t, c, n, s)
 _MAIN = OrderedDict(
@@ -48,7 +55,6 @@ _BRANCHES = {
 }
 AUX_BRANCHES = tuple(_BRANCHES)
 DEFAULT_BRANCHES = ("aux1", "aux2")
-BRANCH_STYLES = ("paper", "mirror")
 
 
 def branch_recipe(style: str, branch: str) -> tuple[str, tuple, int]:
@@ -120,10 +126,7 @@ class DHMMobileNetV2(DHMNet):
         check_num_classes(num_classes)
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
-        if branch_style not in BRANCH_STYLES:
-            raise ValueError(
-                f"unknown branch_style {branch_style!r}; valid styles are {list(BRANCH_STYLES)}"
-            )
+        check_branch_style(branch_style)
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         self.init_kwargs = dict(
             num_classes=num_classes,

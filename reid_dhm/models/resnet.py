@@ -26,7 +26,14 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
+from .dhm import (
+    AuxBranch,
+    DHMNet,
+    check_branch_style,
+    check_num_classes,
+    init_weights,
+    resolve_branches,
+)
 
 # depth -> (block, main blocks per stage, {branch: blocks per branch stage})
 _SPECS = {
@@ -44,7 +51,6 @@ _BRANCH_LAYOUT = {
 }
 AUX_BRANCHES = tuple(_BRANCH_LAYOUT)
 DEFAULT_BRANCHES = ("aux1", "aux2")
-BRANCH_STYLES = ("paper", "mirror")
 _MAIN_STAGES = ("layer1", "layer2", "layer3", "layer4")
 _MAIN_PLANES = (64, 128, 256, 512)
 _STAGE_INPLANES = {"layer1": 64, "layer2": 128, "layer3": 256}
@@ -102,10 +108,7 @@ class DHMResNet(DHMNet):
         check_num_classes(num_classes)
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        if branch_style not in BRANCH_STYLES:
-            raise ValueError(
-                f"unknown branch_style {branch_style!r}; valid styles are {list(BRANCH_STYLES)}"
-            )
+        check_branch_style(branch_style)
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         self.init_kwargs = dict(
             depth=depth,
