@@ -22,6 +22,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["reid_dhm", "reid_dhm.*"]),
+    entry_points={"console_scripts": ["reid-dhm = reid_dhm.cli:main"]},
     install_requires=[
         "torch>=2.6",
         "torchvision>=0.21",
@@ -30,7 +31,8 @@ setup(
         "numpy",
         "scipy",
         "Pillow",
-        "opencv-python",
+        # 4.x: BoxMOT needs opencv-python < 5, and 5.x has no cv2.HOGDescriptor (tracking example)
+        "opencv-python>=4.8,<5",
         "tensorboard",
         "gdown",
         # faiss-gpu's wheel also runs CPU indexes on machines without a GPU.
@@ -41,7 +43,19 @@ setup(
     ],
     extras_require={
         "export": ["onnx", "onnxscript", "onnxruntime"],
+        # BoxMOT's ONNX ReID backend pip-installs exactly onnxruntime 1.24.3 at run time
+        # when another version is present; pinning it here keeps runs offline.
+        "boxmot": ["boxmot==25.0.0", "onnxruntime==1.24.3"],
         # playwright drives Debian's /usr/bin/chromium in the report test (no browser download).
-        "dev": ["pytest", "ruff", "cython", "onnx", "onnxscript", "onnxruntime", "playwright"],
+        "dev": [
+            "pytest",
+            "ruff",
+            "cython",
+            "onnx",
+            "onnxscript",
+            "onnxruntime==1.24.3",
+            "playwright",
+            "boxmot==25.0.0",
+        ],
     },
 )

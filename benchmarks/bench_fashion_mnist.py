@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 
 METHODS = {
     "baseline": ["--model", "cifar_resnet20", "loss.mode=baseline"],
@@ -58,7 +57,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import train as train_tool
+
+    from reid_dhm.cli import train as train_tool
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -19,8 +19,7 @@ from typing import Any
 
 import yaml
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 # Keys whose value may be None or of any type (their default gives no type to check).
 FREE_KEYS = {"model.branches", "model.pretrained", "loss.ce_weights", "output_dir", "data.root"}
@@ -45,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
         "height": 256,
         "width": 128,
         "transforms": ["random_flip", "random_crop"],
-        "norm_mean": IMAGENET_MEAN,
-        "norm_std": IMAGENET_STD,
+        "norm_mean": list(IMAGENET_MEAN),
+        "norm_std": list(IMAGENET_STD),
         "batch_size": 32,
         "test_batch_size": 100,
         "workers": 4,

@@ -11,6 +11,7 @@ graph, so callers feed RGB in [0, 1] and cannot forget (or double) the mean/std 
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,20 +23,41 @@ from torch import Tensor, nn
 
 from .models import DHMNet
 from .utils.checkpoint import unwrap
-from .utils.io import atomic_path
+from .utils.io import atomic_path, atomic_write, atomic_write_text
 
 
 class NormalizedInput(nn.Module):
-    """``model((x - mean) / std)``: takes RGB images in [0, 1], shape (B, 3, H, W)."""
+    """``model((x * in_std + in_mean - mean) / std)`` for (B, 3, H, W) RGB input.
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    With the default ``in_mean=0, in_std=1`` the input is RGB in [0, 1]; with another
+    (in_mean, in_std) it is RGB already normalised by those statistics (BoxMOT feeds
+    ImageNet-normalised crops), converted to the statistics the model was trained with.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        in_mean: Sequence[float] = (0.0, 0.0, 0.0),
+        in_std: Sequence[float] = (1.0, 1.0, 1.0),
+    ):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def column(v):
+            return torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
+
+        # One multiply-add: (x * in_std + in_mean - mean) / std = x * scale + shift.
+        self.register_buffer("scale", column(in_std) / column(std))
+        self.register_buffer("shift", (column(in_mean) - column(mean)) / column(std))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(x * self.scale + self.shift)
+
+
+def _as_pairs(stats) -> tuple | None:
+    return None if stats is None else tuple(tuple(float(v) for v in s) for s in stats)
 
 
 def _require_onnx():
@@ -61,6 +83,7 @@ def export_onnx(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     seed: int = 0,
+    input_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> dict:
     """Export ``model.deploy()`` to ONNX at ``path``, verified with ONNX Runtime.
 
@@ -69,6 +92,8 @@ def export_onnx(
         image_size: (H, W) of the example input; the batch size stays dynamic.
         opset: ONNX opset version.
         normalize: optional (mean, std) baked into the graph (input RGB in [0, 1]).
+        input_normalization: with ``normalize``: the (mean, std) the graph's input is
+            already normalised with (instead of RGB in [0, 1]); the graph converts it.
         check_batches: batch sizes run through ONNX Runtime and PyTorch for comparison.
         atol, rtol: allowed difference, elementwise ``|ort - torch| <= atol + rtol |torch|``.
 
@@ -84,8 +109,10 @@ def export_onnx(
     if not isinstance(bare, DHMNet):
         raise TypeError(f"export_onnx needs a reid_dhm model, got {type(bare).__name__}")
     net = bare.deploy().cpu().float().eval()
-    if normalize is not None:
-        net = NormalizedInput(net, *normalize).eval()
+    if input_normalization is not None and normalize is None:
+        raise ValueError("input_normalization needs normalize=(mean, std) of the model")
+    if normalize is not None and _as_pairs(normalize) != _as_pairs(input_normalization):
+        net = NormalizedInput(net, *normalize, *(input_normalization or ())).eval()
     h, w = image_size
     gen = torch.Generator().manual_seed(seed)
     example = torch.rand(2, 3, h, w, generator=gen)
@@ -109,7 +136,7 @@ def export_onnx(
         worst = 0.0
         for b in check_batches:
             x = torch.rand(b, 3, h, w, generator=gen)
-            if normalize is None:
+            if normalize is None or input_normalization is not None:
                 x = (x - 0.45) / 0.225  # roughly what normalised images look like
             with torch.no_grad():
                 ref = net(x).numpy()
@@ -135,4 +162,129 @@ def export_onnx(
         "embedding_dim": dim,
         "bytes": path.stat().st_size,
         "normalization_baked_in": normalize is not None,
+        # What the graph's input must be: RGB in [0, 1], or RGB normalised by (mean, std).
+        "input_normalization": (
+            "rgb in [0, 1]"
+            if normalize is not None and input_normalization is None
+            else _as_pairs(input_normalization or normalize)
+        ),
     }
+
+
+# BoxMOT's fixed crop preprocessing (boxmot.reid.core.crops): BGR crop -> cv2.resize to the
+# input size -> RGB -> / 255 -> ImageNet mean / std; embeddings L2-normalised.
+BOXMOT_MEAN = (0.485, 0.456, 0.406)
+BOXMOT_STD = (0.229, 0.224, 0.225)
+
+
+def boxmot_paths(output: str | os.PathLike) -> tuple[Path, Path]:
+    """(ONNX path, PyTorch path) BoxMOT picks its runtime from by suffix.
+
+    ``output`` may be a stem or end in ``.onnx``, ``.pt`` or ``.pth``: BoxMOT refuses
+    ``.pth``, so the PyTorch file always gets ``.pt`` (no renaming left to the user).
+    """
+    path = Path(output)
+    stem = path.with_suffix("") if path.suffix.lower() in (".onnx", ".pt", ".pth") else path
+    return stem.with_name(stem.name + ".onnx"), stem.with_name(stem.name + ".pt")
+
+
+def _write_sidecar(artifact: Path, metadata: dict) -> Path:
+    """``<artifact>.metadata.json``: what BoxMOT reads before the file itself."""
+    sidecar = artifact.with_name(artifact.name + ".metadata.json")
+    atomic_write_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True))
+    return sidecar
+
+
+def export_boxmot(
+    model: nn.Module,
+    output: str | os.PathLike,
+    image_size: tuple[int, int] = (256, 128),
+    mean: Sequence[float] = BOXMOT_MEAN,
+    std: Sequence[float] = BOXMOT_STD,
+    opset: int = 18,
+    atol: float = 1e-4,
+) -> dict:
+    """Files BoxMOT's ReID backends load as they are (no renaming, no key surgery).
+
+    Always an ONNX graph (``<stem>.onnx``) that takes BoxMOT's ImageNet-normalised
+    crops (converted inside the graph when the model was trained with other
+    statistics), with a ``<stem>.onnx.metadata.json`` sidecar naming the input size.
+    When the deployed network is a torchreid backbone BoxMOT also has
+    (``model.torchreid_name``, e.g. ``resnet50``, ``mobilenetv2_x1_0``) and was
+    trained with ImageNet statistics, also ``<stem>.pt`` (``{'state_dict',
+    'model_name', 'num_classes', ...}``, verified to load strictly into torchreid's
+    model of that name) with its sidecar, for BoxMOT's PyTorch backend.
+
+    Args:
+        model: a reid_dhm model (aux branches are dropped).
+        output: a path stem, or a file name ending in ``.onnx`` / ``.pt`` / ``.pth``.
+        image_size: (H, W) the model was trained at (BoxMOT resizes crops to it).
+        mean, std: the normalisation the model was trained with.
+
+    Returns:
+        ``{'onnx': path, 'pt': path or None, 'model_name', 'num_classes', 'img_size',
+        'notes': [why a file was not written, ...], 'onnx_check': export_onnx report}``.
+    """
+    bare = unwrap(model)
+    if not isinstance(bare, DHMNet):
+        raise TypeError(f"export_boxmot needs a reid_dhm model, got {type(bare).__name__}")
+    onnx_path, pt_path = boxmot_paths(output)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = (int(v) for v in image_size)
+    name = bare.torchreid_name
+    # BoxMOT's free-dimension override and our dynamic axis share the name "batch".
+    check = export_onnx(
+        bare, onnx_path, (h, w), opset, normalize=(mean, std),
+        input_normalization=(BOXMOT_MEAN, BOXMOT_STD), atol=atol,
+    )  # fmt: skip
+    common = {
+        "num_classes": int(bare.num_classes),
+        "img_size": [h, w],
+        "preprocess": "resize",
+        "model_kwargs_schema_version": 1,
+        "model_kwargs": {"img_size": [h, w]},
+        "exporter": "reid-dhm",
+    }
+    onnx_meta = dict(common)
+    if name is not None:
+        onnx_meta["model_name"] = name
+    _write_sidecar(onnx_path, onnx_meta)
+    notes, written_pt = [], None
+    if name is None:
+        skip = ("num_classes", "branches")
+        options = {k: v for k, v in bare.init_kwargs.items() if k not in skip}
+        notes.append(
+            f"no .pt: BoxMOT has no backbone with this network's layout ({type(bare).__name__} "
+            f"{options}); its ONNX backend runs the exported graph"
+        )
+    elif _as_pairs((mean, std)) != _as_pairs((BOXMOT_MEAN, BOXMOT_STD)):
+        notes.append(
+            f"no .pt: the model was trained with mean {list(mean)} / std {list(std)}, but "
+            "BoxMOT's PyTorch backend always feeds ImageNet statistics; the ONNX graph "
+            "converts them"
+        )
+    else:
+        written_pt = _write_boxmot_pt(bare, pt_path, name, common)
+    return {
+        "onnx": str(onnx_path),
+        "pt": str(written_pt) if written_pt else None,
+        "model_name": name,
+        "num_classes": int(bare.num_classes),
+        "img_size": [h, w],
+        "notes": notes,
+        "onnx_check": check,
+    }
+
+
+def _write_boxmot_pt(bare: DHMNet, path: Path, name: str, common: dict) -> Path:
+    from torchreid.reid import models as torchreid_models
+
+    state = {k: v.detach().cpu().clone() for k, v in bare.main_state_dict().items()}
+    # The same check BoxMOT's loader makes (every non-classifier tensor covered), but
+    # strict: torchreid's network of that name is BoxMOT's backbone of that name.
+    reference = torchreid_models.build_model(name, bare.num_classes, pretrained=False)
+    reference.load_state_dict(state, strict=True)
+    payload = {"state_dict": state, "model_name": name, **common}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    _write_sidecar(path, {**common, "model_name": name})
+    return path

@@ -99,11 +99,7 @@ def make_cifar10_folder():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_reid, tmp_path_factory):
     """A 1-epoch DHM-MobileNetV2 checkpoint trained on ``tiny_reid`` through tools/train.py."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import train as train_tool
+    from reid_dhm.cli import train as train_tool
 
     out = tmp_path_factory.mktemp("tiny-run")
     argv = [

@@ -3,7 +3,6 @@
 import json
 import math
 import pickle
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from reid_dhm import BranchSampler, DHMLoss, build_model
+from reid_dhm.cli import train as train_tool  # noqa: E402
 from reid_dhm.data.classification import CIFAR10_MEAN, CIFAR10_STD, read_cifar
 from reid_dhm.engines.classification import (
     ClassificationEngine,
@@ -22,9 +22,6 @@ from reid_dhm.engines.classification import (
 )
 from reid_dhm.engines.optim import build_optimizer, build_scheduler, check_schedule
 from reid_dhm.utils.checkpoint import model_from_checkpoint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import train as train_tool  # noqa: E402
 
 TINY = [
     "data.batch_size=20",

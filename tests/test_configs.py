@@ -112,10 +112,7 @@ def test_classification_presets(dataset):
 
 
 def test_model_flag_is_model_name(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(CONFIGS.parent / "tools"))
-    import train as train_tool
+    from reid_dhm.cli import train as train_tool
 
     args = train_tool.build_parser().parse_args(
         ["--dataset", "cifar10", "--model", "dhm_cifar_resnet110", "--output-dir", str(tmp_path)]

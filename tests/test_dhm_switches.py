@@ -2,21 +2,17 @@
 
 import json
 import math
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
 
 from reid_dhm import DHMLoss, build_model
+from reid_dhm.cli import summary as summary_tool  # noqa: E402
+from reid_dhm.cli import train as train_tool  # noqa: E402
 from reid_dhm.engines.grad_monitor import GradientMonitor, cosine, monitor_history
 from reid_dhm.losses import mimicking_pairs
 from reid_dhm.models import count_parameters
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import summary as summary_tool  # noqa: E402
-import train as train_tool  # noqa: E402
 
 K = 5
 

@@ -1,8 +1,5 @@
 """ONNX export: verified against PyTorch, dynamic batch, nothing written on a mismatch."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,10 +8,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from reid_dhm import FeatureExtractor, build_model
+from reid_dhm.cli import export as export_tool  # noqa: E402
 from reid_dhm.export import export_onnx
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import export as export_tool  # noqa: E402
 
 
 @pytest.mark.slow  # a checkpoint, an ONNX export and its check: over 20 s on 2 CPU cores

@@ -1,8 +1,6 @@
 """Re-ID training end to end: real torchreid data manager and engine, tools/train.py."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +8,10 @@ import torch
 from torchreid.reid import models as trmodels
 
 from reid_dhm import BranchSampler, DHMLoss, build_model
+from reid_dhm.cli import train as train_tool  # noqa: E402
 from reid_dhm.data.reid_manager import build_reid_datamanager
 from reid_dhm.engines.optim import build_optimizer, build_scheduler
 from reid_dhm.engines.reid_engine import DHMReIDEngine
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import train as train_tool  # noqa: E402
 
 TINY = [
     "model.name=dhm_mobilenetv2",

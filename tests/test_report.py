@@ -2,7 +2,6 @@
 
 import html
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +9,10 @@ import pytest
 import torch
 from conftest import require_system
 
+from reid_dhm.cli import test as test_tool  # noqa: E402
 from reid_dhm.data.reid_datasets import scan_split
 from reid_dhm.report import camera_pairs, write_report
 from reid_dhm.retrieval import evaluate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import test as test_tool  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 

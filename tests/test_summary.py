@@ -10,8 +10,7 @@ from reid_dhm.models import build_model
 from reid_dhm.models.complexity import branch_costs
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import summary as summary_tool  # noqa: E402
+from reid_dhm.cli import summary as summary_tool  # noqa: E402
 
 
 def run_summary(*args):

@@ -3,14 +3,11 @@
 import csv
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import retrieve as retrieve_tool  # noqa: E402
-import test as test_tool  # noqa: E402
+from reid_dhm.cli import retrieve as retrieve_tool  # noqa: E402
+from reid_dhm.cli import test as test_tool  # noqa: E402
 
 
 def test_test_tool_matches_training_evaluation(tiny_reid, tiny_checkpoint, tmp_path, capsys):

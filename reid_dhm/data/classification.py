@@ -42,6 +42,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
 DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -49,7 +51,6 @@ FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",

@@ -15,8 +15,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
+from .preprocessing import IMAGE_EXTENSIONS, read_image
+
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
 
 # name -> (folder under --root holding the split folders, optional inner folder, origin)
@@ -106,17 +107,6 @@ def scan_split(folder: Path, relabel: bool) -> list[tuple[str, int, int]]:
         label = {pid: i for i, pid in enumerate(sorted({p for _, p, _ in items}))}
         items = [(path, label[pid], cam) for path, pid, cam in items]
     return items
-
-
-def read_image(path: str) -> Image.Image:
-    """RGB image, or one clear error naming the unreadable file."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 class MarketLayoutDataset(ImageDataset):

@@ -13,14 +13,13 @@ from pathlib import Path
 
 from torchreid.reid.data import ImageDataManager
 
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .reid_datasets import KNOWN_LAYOUTS, register_torchreid_datasets
 from .reid_datasets import resolve_known_dataset as _resolve_known
 from .synthreid import SynthReIDSpec, generate_synthreid
 
 REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
 SAMPLERS = {"random": "RandomSampler", "identity": "RandomIdentitySampler"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def prepare_reid_dataset(

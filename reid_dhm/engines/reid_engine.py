@@ -70,6 +70,8 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             branches' gradients on the shared stem agree (``GradientMonitor``); 0 = off.
         report: after the final evaluation, write the HTML report into
             ``save_dir/report`` (``reid_dhm.report.write_report``).
+        preprocessing: how images become model input (a ``Preprocessing``), stored in
+            every checkpoint as its own field for ``FeatureExtractor`` and exporters.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         train_sampler=None,
         grad_monitor_every: int = 0,
         report: bool = False,
+        preprocessing=None,
     ):
         device = next(unwrap(model).parameters()).device
         super().__init__(
@@ -111,6 +114,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             GradientMonitor(model, criterion, grad_monitor_every) if grad_monitor_every else None
         )
         self.report = report
+        self.preprocessing = preprocessing
         self.results: dict = {}
         self._last_eval = None
         self.save_dir: Path | None = None
@@ -375,6 +379,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             scheduler=self.scheduler,
             metrics=self.results,
             history=self.history,
+            preprocessing=self.preprocessing.to_dict() if self.preprocessing else None,
         )
 
 
@@ -391,9 +396,9 @@ class _LastEval(NamedTuple):
     g_paths: list
     metric: str
     rerank: bool
-    results: dict  # branch -> evaluate() result
-    dataset: str
-    ranks: tuple
+    results: dict | None = None  # branch -> evaluate() result (for the HTML report)
+    dataset: str = ""
+    ranks: tuple = (1, 5, 10, 20)
 
 
 class _NullWriter:

@@ -181,6 +181,14 @@ class DHMNet(nn.Module):
         return out
 
     # ------------------------------------------------------------- deployment
+    @property
+    def torchreid_name(self) -> str | None:
+        """The torchreid model (also BoxMOT's backbone of that name) that the deployed
+        model's state dict loads into strictly and computes the same embedding with,
+        e.g. ``'resnet50'``; None when there is none (CIFAR models, non-standard strides).
+        """
+        return None
+
     def main_state_dict(self) -> OrderedDict[str, Tensor]:
         """The state dict without any auxiliary-branch entry (what ``deploy()`` keeps)."""
         return OrderedDict(

@@ -164,6 +164,12 @@ class DHMMobileNetV2(DHMNet):
         self._set_branches(aux)
         init_weights(self)
 
+    @property
+    def torchreid_name(self) -> str | None:
+        return {1.0: "mobilenetv2_x1_0", 1.4: "mobilenetv2_x1_4"}.get(
+            self.init_kwargs["width_mult"]
+        )
+
 
 def convert_torchvision_mobilenetv2(
     state_dict: Mapping[str, Tensor], target: Mapping[str, Tensor]

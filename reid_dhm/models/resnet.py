@@ -147,6 +147,14 @@ class DHMResNet(DHMNet):
         self._set_branches(aux)
         init_weights(self)
 
+    @property
+    def torchreid_name(self) -> str | None:
+        # torchreid's resnet* builders use last stride 2; a stride-1 model's weights would
+        # load there but give another (coarser) embedding.
+        return (
+            f"resnet{self.init_kwargs['depth']}" if self.init_kwargs["last_stride"] == 2 else None
+        )
+
 
 def to_torchvision_state_dict(state: dict) -> dict:
     """A deployed ResNet state dict with torchvision's names (``classifier`` -> ``fc``).

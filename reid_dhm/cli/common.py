@@ -7,12 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python tools/x.py` from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from reid_dhm.config import ConfigError, dump_config  # noqa: E402
-from reid_dhm.utils.io import atomic_write_text  # noqa: E402
+from ..config import ConfigError, dump_config
+from ..utils.io import atomic_write_text
 
 
 class UsageError(Exception):
@@ -93,7 +89,7 @@ def model_kwargs(cfg: dict) -> dict:
 
 def build_model_for(cfg: dict, num_classes: int):
     """``model`` section -> a registry model, with a hint when ImageNet weights are missing."""
-    from reid_dhm.models import build_model
+    from ..models import build_model
 
     m = cfg["model"]
     try:
@@ -134,7 +130,7 @@ def model_for_run(cfg: dict, resume: str | None, ckpt, num_classes: int, what: s
     Returns:
         (model, registry name).
     """
-    from reid_dhm.utils.checkpoint import model_from_checkpoint
+    from ..utils.checkpoint import model_from_checkpoint
 
     if ckpt is None:
         return build_model_for(cfg, num_classes), cfg["model"]["name"]
@@ -168,7 +164,7 @@ def model_for_run(cfg: dict, resume: str | None, ckpt, num_classes: int, what: s
 
 def build_criterion(cfg: dict):
     """``loss`` section -> ``DHMLoss``."""
-    from reid_dhm.losses import DHMLoss
+    from ..losses import DHMLoss
 
     loss = cfg["loss"]
     return DHMLoss(
@@ -185,7 +181,7 @@ def build_criterion(cfg: dict):
 
 def build_branch_sampler(cfg: dict, branch_names):
     """``branch_sampling`` section -> ``BranchSampler`` over the model's branches."""
-    from reid_dhm.losses import BranchSampler
+    from ..losses import BranchSampler
 
     bs = cfg["branch_sampling"]
     return BranchSampler(branch_names, bs["policy"], bs["p"], bs["seed"])

@@ -19,7 +19,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import (
+
+from ..config import CLASSIFICATION_DATASETS
+from .common import (
     UsageError,
     announce_resume,
     build_branch_sampler,
@@ -29,8 +31,6 @@ from common import (
     needs_unused_parameter_search,
     write_config,
 )
-
-from reid_dhm.config import CLASSIFICATION_DATASETS
 
 
 def _evenly(dataset, n: int):
@@ -45,7 +45,7 @@ def _evenly(dataset, n: int):
 
 def build_datasets(cfg: dict):
     """``data`` section -> ``(train, test, num_classes)`` through the real readers."""
-    from reid_dhm.data.classification import build_classification_datasets, default_transform
+    from ..data.classification import build_classification_datasets, default_transform
 
     d = cfg["data"]
     name = d["dataset"]
@@ -75,7 +75,7 @@ def build_datasets(cfg: dict):
 def _loaders(cfg: dict, train_set, test_set, device):
     from torch.utils.data import DataLoader
 
-    from reid_dhm.engines import distributed as dist
+    from ..engines import distributed as dist
 
     d = cfg["data"]
     batch = dist.per_process_batch(d["batch_size"])
@@ -104,10 +104,10 @@ def train_one(cfg: dict, args, info, ckpt=None) -> dict:
 
     ``ckpt``: the loaded ``--resume`` checkpoint, or None.
     """
-    from reid_dhm.engines import distributed as dist
-    from reid_dhm.engines.classification import ClassificationEngine, format_table
-    from reid_dhm.engines.optim import build_optimizer, build_scheduler
-    from reid_dhm.utils.device import seed_everything
+    from ..engines import distributed as dist
+    from ..engines.classification import ClassificationEngine, format_table
+    from ..engines.optim import build_optimizer, build_scheduler
+    from ..utils.device import seed_everything
 
     out = Path(cfg["output_dir"])
     train, test = cfg["train"], cfg["test"]
@@ -230,7 +230,7 @@ def run_seeds(cfg: dict, args, count: int, info) -> dict:
         **summarize_seeds(rows),
     }
     if info.is_main:
-        from reid_dhm.utils.io import atomic_write_text
+        from ..utils.io import atomic_write_text
 
         lines = [f"{'seed':>6}{'top1 err':>10}{'top5 err':>10}{'best top1':>11}"]
         lines += [
@@ -256,7 +256,7 @@ def run_classification(cfg: dict, args, ckpt=None) -> dict:
     ``no_pretrained``, ``overrides`` and optionally ``seeds``; ``ckpt`` is the loaded
     ``--resume`` checkpoint (None without one).
     """
-    from reid_dhm.engines import distributed as dist
+    from ..engines import distributed as dist
 
     seeds = getattr(args, "seeds", None)
     if seeds is not None:
