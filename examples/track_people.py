@@ -75,14 +75,17 @@ def colour(track_id: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(60, 255, 3))
 
 
-def contact_sheet(tracks: dict, frames_seen: int, path: Path, per_row: int = 8) -> Path:
-    """One row per track (longest first): up to ``per_row`` crops spread over its life."""
+def contact_sheet(
+    tracks: dict, frames_seen: int, path: Path, per_row: int = 8, max_rows: int = 12
+) -> Path:
+    """One row per track (the ``max_rows`` longest): up to ``per_row`` crops over its life."""
     tile_h, tile_w, label_w, pad = 96, 48, 150, 4
-    rows = sorted(tracks.items(), key=lambda kv: -len(kv[1]["crops"]))[:24]
+    rows = sorted(tracks.items(), key=lambda kv: -len(kv[1]["crops"]))[:max_rows]
     height = pad + max(1, len(rows)) * (tile_h + pad) + 20
     sheet = Image.new("RGB", (label_w + per_row * (tile_w + pad) + pad, height), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 2), f"{len(tracks)} tracks in {frames_seen} frames", fill=(0, 0, 0))
+    shown = f" (the {len(rows)} longest shown)" if len(rows) < len(tracks) else ""
+    draw.text((pad, 2), f"{len(tracks)} tracks in {frames_seen} frames{shown}", fill=(0, 0, 0))
     if not rows:
         draw.text((pad, 24), "no person was tracked", fill=(200, 0, 0))
     for r, (tid, t) in enumerate(rows):
