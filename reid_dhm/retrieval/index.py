@@ -541,7 +541,9 @@ def _read_file(path: Path) -> tuple[dict, dict]:
     try:
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path}: damaged or not a GalleryIndex file ({exc})") from None
+        # numpy's own text advises loading pickles unsafely: never pass that on.
+        reason = "pickled data, refused" if "pickle" in str(exc) else str(exc).split(". ")[0]
+        raise ValueError(f"{path}: damaged or not a GalleryIndex file ({reason})") from None
     if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one bare array
         raise ValueError(f"{path}: not a GalleryIndex file (a single numpy array)")
     try:

@@ -25,7 +25,8 @@ from torch import Tensor
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch names the refused callable either way, depending on the pickle's layout.
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
 def numpy_safe_globals() -> list:
@@ -89,9 +90,9 @@ def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         unsafe = _UNSAFE_GLOBAL.search(str(err))
         if unsafe:
             raise ValueError(
-                f"cannot read {what} {path}: it holds Python objects other than tensors and "
-                f"plain values ({unsafe.group(1)}); refused for safety, since loading them "
-                "could run arbitrary code"
+                f"cannot read {what} {path}: refused for safety, since it holds Python objects "
+                f"other than tensors and plain values ({unsafe.group(1)}) and loading it could "
+                "run code"
             ) from None
         raise ValueError(
             f"cannot read {what} {path}: not a PyTorch file or damaged ({_short_reason(err)})"
