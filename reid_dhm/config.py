@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "sampler": "random",
         "num_instances": 4,
         "combineall": False,
+        "skip_bad_images": False,  # leave unreadable / truncated images out, with a warning
         "limit": 0,  # classification: use only N training images, evenly spaced (0 = all)
         "test_limit": 0,  # classification: evaluate on only N test images, evenly spaced (0 = all)
     },
@@ -92,6 +94,11 @@ DEFAULTS: dict[str, Any] = {
         "sync_bn": False,  # classification under torchrun on CUDA: SyncBatchNorm over all GPUs
         # every N iterations: cosine of the branches' gradients on the shared stem (0 = off)
         "grad_monitor_every": 0,
+        # a NaN / inf loss: stop at once, or skip the batch (stop after max_skips in a row)
+        "nonfinite": "stop",
+        "nonfinite_max_skips": 10,
+        # torch.use_deterministic_algorithms(True): bit-exact reruns and resumes on CPU
+        "deterministic": False,
     },
     "test": {
         "metric": "euclidean",
@@ -224,6 +231,7 @@ MINIMUMS = {
     "test.vis_topk": 1,
     "loss.kl_warmup_epochs": 0,
     "train.grad_monitor_every": 0,
+    "train.nonfinite_max_skips": 1,
 }
 
 
@@ -236,6 +244,35 @@ def register_preset(dataset: str, preset: Mapping[str, Any]) -> None:
     if dataset in PRESETS:
         raise ConfigError(f"dataset preset {dataset!r} already exists")
     PRESETS[dataset] = dict(preset)
+
+
+# A number as people write it: 3e-4, 1E-3, 1e+6, .5, 10. (PyYAML 1.1 reads the
+# exponent forms without a dot, such as 3e-4, as strings.)
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    """``value`` as the default's number type when it is a number in any spelling.
+
+    Float keys take ints and number strings (``'3e-4'``); int keys take number strings
+    and floats with an integral value (``'1e3'``, ``1000.0``). Lists coerce item by
+    item after the default's first item. Anything else is returned unchanged (and the
+    type check then refuses it).
+    """
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)) and default:
+        return [_coerce(default[0], v) for v in value]
+    if isinstance(default, (int, float)) and isinstance(value, str):
+        if not _NUMBER.match(value.strip()):
+            return value
+        number = float(value)
+        if isinstance(default, float):
+            return number
+        return int(number) if number.is_integer() else value
+    if isinstance(default, int) and not isinstance(default, float) and isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    return value
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -272,7 +309,7 @@ def merge(base: dict, update: Mapping, source: str, prefix: str = "") -> dict:
             merge(current, value, source, dotted + ".")
         elif dotted in FREE_KEYS or current is None:
             base[key] = value
-        elif not _type_ok(current, value):
+        elif not _type_ok(current, value := _coerce(current, value)):
             raise ConfigError(
                 f"{source}: {dotted!r} must be {type(current).__name__}, got {value!r}"
             )
@@ -426,6 +463,7 @@ def check_values(cfg: Mapping, training: bool = True) -> None:
     task = cfg["task"]
     if task not in TASK_NAMES:
         raise ConfigError(f"'task' must be one of {sorted(TASK_NAMES)}, got {task!r}")
+    check_choices_and_ranges(cfg)
     for owner, keys in TASK_ONLY_KEYS.items():
         if owner == task:
             continue
@@ -437,6 +475,89 @@ def check_values(cfg: Mapping, training: bool = True) -> None:
                     f"{TASK_NAMES[task]} run ({cfg['data']['dataset']!r}) would ignore "
                     f"{key}={value!r}: remove it (default {default!r})"
                 )
+
+
+def _choices() -> dict[str, tuple]:
+    """Every key with a fixed set of values, from the library's own constants."""
+    # Imported here: these modules import torch; reading a YAML file must not.
+    from .engines.classification import AMP_MODES
+    from .engines.optim import OPTIMIZERS, SCHEDULERS
+    from .losses import DIRECTIONS, MODES, POLICIES, TEACHERS
+    from .models import BRANCH_STYLES
+    from .retrieval import METRICS
+
+    return {
+        "model.branch_style": BRANCH_STYLES,
+        "data.sampler": ("random", "identity"),
+        "loss.mode": MODES,
+        "loss.direction": DIRECTIONS,
+        "loss.kl_teachers": TEACHERS,
+        "branch_sampling.policy": POLICIES,
+        "optim.name": OPTIMIZERS,
+        "scheduler.name": SCHEDULERS,
+        "train.amp": AMP_MODES,
+        "train.nonfinite": ("stop", "skip"),
+        "test.metric": METRICS,
+    }
+
+
+# key -> (test, what the value must be)
+_RANGES = {
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "loss.label_smooth": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "loss.temperature": (lambda v: v > 0, "> 0"),
+    "loss.kl_weight": (lambda v: v >= 0, ">= 0"),
+    "data.norm_std": (lambda v: len(v) == 3 and all(x > 0 for x in v), "three numbers > 0"),
+    "data.norm_mean": (lambda v: len(v) == 3, "three numbers"),
+}
+
+
+def check_choices_and_ranges(cfg: Mapping) -> None:
+    """One pass over the resolved config before anything loads: every choice key
+    against its valid values, numeric ranges, the model name against the registry and
+    the image size against the model's down-sampling. Errors name the dotted key."""
+    for key, valid in _choices().items():
+        value = _get(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"'{key}' must be one of {list(valid)}, got {value!r}")
+    for key, (ok, what) in _RANGES.items():
+        value = _get(cfg, key)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"'{key}' must be {what}, got {value!r}")
+    p = cfg["branch_sampling"]["p"]
+    probs = p.values() if isinstance(p, Mapping) else [p]
+    if any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in probs
+    ):
+        raise ConfigError(
+            f"'branch_sampling.p' must be in [0, 1] (or a mapping of those), got {p!r}"
+        )
+    from .models.registry import get_entry, list_models
+
+    name = cfg["model"]["name"]
+    if name not in list_models():
+        raise ConfigError(f"'model.name' must be one of {list_models()}, got {name!r}")
+    stride = getattr(_model_class(get_entry(name).builder), "input_stride", 1)
+    for key in ("data.height", "data.width"):
+        if _get(cfg, key) < stride:
+            raise ConfigError(
+                f"'{key}' is {_get(cfg, key)}, but {name} down-samples its input by {stride}: "
+                f"give data.height and data.width >= {stride}"
+            )
+
+
+def _model_class(builder):
+    """The class behind a registry builder (a class, or functools.partial of one)."""
+    while hasattr(builder, "func"):
+        builder = builder.func
+    return builder
 
 
 def config_changes(before: Mapping, after: Mapping, prefix: str = "") -> list[str]:

@@ -146,6 +146,7 @@ class DHMCifarResNet(DHMNet):
     (B, 64) pooled ``layer3`` features. Branch embeddings: aux1 128-d, aux2 64-d.
     """
 
+    input_stride = 4  # total down-sampling: inputs must be at least this big
     stage_names = ("conv1", "bn1", "relu", "layer1", "layer2", "layer3")
 
     def __init__(

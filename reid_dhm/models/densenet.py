@@ -131,6 +131,7 @@ class DHMCifarDenseNet(DHMNet):
     (B, C) pooled BN-ReLU ``layer3`` features (C = 448 for d40-k12, 342 for BC-100-12).
     """
 
+    input_stride = 4  # total down-sampling: inputs must be at least this big
     stage_names = (
         "conv1",
         "layer1",

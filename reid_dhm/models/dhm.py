@@ -64,6 +64,9 @@ class DHMNet(nn.Module):
     """
 
     stage_names: tuple[str, ...] = ()
+    # Total down-sampling of the main path; an input smaller than this in height or width
+    # collapses to a 1x1 map long before the end (configs are checked against it).
+    input_stride: int = 1
 
     def __init__(self) -> None:
         super().__init__()

@@ -113,6 +113,7 @@ class DHMMobileNetV2(DHMNet):
     Eval output: (B, 1280) pooled ``conv9`` features (``1280 * width_mult`` if > 1).
     """
 
+    input_stride = 32  # total down-sampling: inputs must be at least this big
     stage_names = ("conv1", *_MAIN, "conv9")
 
     def __init__(

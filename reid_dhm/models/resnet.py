@@ -92,6 +92,7 @@ class DHMResNet(DHMNet):
     exactly torchreid's ``resnet50`` embedding for depth 50.
     """
 
+    input_stride = 32  # total down-sampling: inputs must be at least this big
     stage_names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(

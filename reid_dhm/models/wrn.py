@@ -93,6 +93,7 @@ class DHMWideResNet(DHMNet):
     (B, 64k) pooled BN-ReLU ``layer3`` features. Branch embeddings: aux1 128k, aux2 64k.
     """
 
+    input_stride = 4  # total down-sampling: inputs must be at least this big
     stage_names = ("conv", "layer1", "layer2", "layer3", "bn", "relu")
 
     def __init__(
