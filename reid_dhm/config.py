@@ -204,6 +204,7 @@ TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
         "data.sampler",
         "data.num_instances",
         "data.combineall",
+        "data.skip_bad_images",
         "test.metric",
         "test.normalize_feature",
         "test.rerank",
@@ -212,7 +213,7 @@ TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
         "test.vis_topk",
         "test.report",
     ),
-    "classification": ("data.limit", "data.test_limit", "train.amp", "train.sync_bn"),
+    "classification": ("data.limit", "data.test_limit", "train.sync_bn"),
 }
 TASK_NAMES = {"reid": "re-ID", "classification": "classification"}
 

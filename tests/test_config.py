@@ -112,7 +112,6 @@ def test_evaluation_may_leave_max_epoch_at_zero():
         ("cifar10", "test.ranks=[1, 5]", "re-ID"),
         ("market1501", "data.limit=100", "classification"),
         ("synthreid", "data.test_limit=10", "classification"),
-        ("market1501", "train.amp=bf16", "classification"),
         ("market1501", "train.sync_bn=true", "classification"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,63 @@ from ..utils.io import atomic_write_text
 
 class UsageError(Exception):
     """A user mistake: printed as one line, exit status 2."""
+
+
+class RunStopped(Exception):
+    """A run that ends early on purpose or after a failure it explains: one line, ``code``."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class StopSignals:
+    """SIGINT / SIGTERM set a flag that the engines read after every iteration.
+
+    The current iteration finishes, nothing is left half-written, and the command line
+    says how to resume. A second signal of the same kind acts at once (SIGINT: a
+    KeyboardInterrupt; SIGTERM: exit 128 + 15). Handlers are installed only in the main
+    thread and restored on exit.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:  # the second one: stop now
+            self._restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(
+            f"\n{name} received: finishing the current iteration, then stopping "
+            f"(send {name} again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def pending(self) -> int | None:
+        return self.signum
+
+    def _restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def fail(message: str, status: int = 2) -> int:
@@ -45,9 +103,21 @@ def error_line(err: BaseException) -> str:
 
 
 def run_guarded(body, *args) -> int:
-    """Run a tool's body; a user error becomes ``error: <one line>`` and exit status 2."""
+    """Run a tool's body; a user error becomes ``error: <one line>`` and exit status 2.
+
+    ``RunStopped`` prints its line with its own status (128 + signal for a stop signal);
+    a Ctrl-C outside training (loading, evaluation) is one line and status 130 instead
+    of a traceback.
+    """
     try:
         body(*args)
+    except RunStopped as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.code
+    except KeyboardInterrupt:
+        if os.environ.get("REID_DHM_DEBUG"):
+            raise
+        return fail("interrupted (SIGINT); nothing half-written was left behind", 130)
     except USER_ERRORS as err:
         if os.environ.get("REID_DHM_DEBUG"):
             raise
@@ -72,6 +142,7 @@ def reid_data_kwargs(cfg: dict) -> dict:
         sampler=d["sampler"],
         num_instances=d["num_instances"],
         combineall=d["combineall"],
+        skip_bad_images=d["skip_bad_images"],
     )
 
 
@@ -118,6 +189,21 @@ def announce_resume(resume: str, start_epoch: int, foreign: bool) -> None:
             "=> not a reid_dhm checkpoint: only its weights are used; the optimizer starts "
             f"afresh, the lr schedule at epoch {start_epoch + 1}"
         )
+
+
+def resumable_optimizer_state(cfg: dict, ckpt, say=print):
+    """The checkpoint's optimizer state, unless the run now uses another optimizer.
+
+    An SGD run cannot take Adam's moments (and would fail with a bare KeyError); the
+    optimizer then starts afresh, which is said.
+    """
+    state = ckpt.get("optimizer")
+    old = ((ckpt.get("config") or {}).get("optim") or {}).get("name")
+    new = cfg["optim"]["name"]
+    if state and old is not None and old != new:
+        say(f"=> optim.name changed from {old!r} to {new!r}: the optimizer state starts afresh")
+        return None
+    return state
 
 
 def model_for_run(cfg: dict, resume: str | None, ckpt, num_classes: int, what: str):
@@ -214,6 +300,71 @@ def write_config(cfg: dict, out_dir: Path, evaluated: str | None = None) -> Path
     return path
 
 
+CHECKPOINT_NAMES = ("checkpoint.pth", "checkpoint.prev.pth")
+
+
+def find_resume_checkpoint(folder: Path, warn=print) -> Path | None:
+    """The newest valid checkpoint in a run folder (``checkpoint.pth`` and the previous
+    epoch's ``checkpoint.prev.pth``); a damaged one is skipped with a warning.
+
+    Returns:
+        Its path, or None when the folder holds no readable checkpoint.
+    """
+    from ..utils.checkpoint import load_checkpoint
+
+    best, best_epoch = None, -1
+    for name in CHECKPOINT_NAMES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            epoch = int(load_checkpoint(path).get("epoch") or 0)
+        except ValueError as err:
+            warn(f"warning: skipping {path}: {error_line(err)}")
+            continue
+        if epoch > best_epoch:
+            best, best_epoch = path, epoch
+    return best
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes that were interrupted (``.<name>.*.tmp``).
+
+    ``atomic_write`` writes beside the target and renames; a kill in between leaves the
+    temporary file (for a checkpoint, hundreds of MB). Called at the start of a run in
+    that folder, when no write of this run can be under way.
+    """
+    removed = []
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp"):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def interrupted_line(stop, out: Path, done: int) -> str:
+    """The one line a stop signal ends a training run with."""
+    name = signal.Signals(stop.signum).name
+    where = f"{name} in epoch {stop.epoch} after iteration {stop.iteration}"
+    if done <= 0:
+        return f"stopped by {where}: no epoch was complete yet, so there is nothing to resume"
+    return (
+        f"stopped by {where}: {out / 'checkpoint.pth'} holds epoch {done} complete (the "
+        f"partial epoch is not kept); resume with: reid-dhm train --resume {out}"
+    )
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels (train.deterministic): reruns and resumes repeat bit for bit."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it (CUDA)
+    torch.use_deterministic_algorithms(True)
+
+
 # Files that show a folder holds a run (seed<i>/ folders: a --seeds run).
 RUN_MARKERS = ("config.yaml", "checkpoint.pth", "seeds.json", "seed0/config.yaml")
 
@@ -243,7 +394,15 @@ def is_main_process() -> bool:
 
 
 __all__ = [
+    "CHECKPOINT_NAMES",
     "ConfigError",
+    "RunStopped",
+    "StopSignals",
+    "find_resume_checkpoint",
+    "resumable_optimizer_state",
+    "interrupted_line",
+    "set_deterministic",
+    "remove_stale_temporaries",
     "UsageError",
     "announce_resume",
     "build_branch_sampler",

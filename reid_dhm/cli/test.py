@@ -30,7 +30,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="distance (default: the one the model was trained with)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="for the network and the ranking")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave unreadable / truncated images out (with a warning) instead of failing",
+    )
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 5, 10, 20],
                    help="Rank-k values to print (each >= 1)")  # fmt: skip
     p.add_argument("--output", help="also write the results as JSON here")
@@ -72,6 +77,7 @@ def evaluate_checkpoint(args) -> dict:
         test_batch_size=args.batch_size,
         workers=args.workers,
         pin_memory=device.type == "cuda",
+        skip_bad_images=args.skip_bad_images,
     )
     branches = model.branch_names if args.per_branch else ("main",)
     show = "features" if sys.stderr.isatty() else None
@@ -89,7 +95,7 @@ def evaluate_checkpoint(args) -> dict:
         for branch in branches:
             res = raw[branch] = evaluate(
                 qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
-                metric=metric, max_rank=max(50, *ranks), rerank=args.rerank,
+                metric=metric, max_rank=max(50, *ranks), rerank=args.rerank, device=device,
             )  # fmt: skip
             table[branch] = {
                 "mAP": res["mAP"],

@@ -33,19 +33,28 @@ from pathlib import Path
 
 from ..config import PRESETS, config_changes, resolve_config
 from .common import (
+    CHECKPOINT_NAMES,
+    RunStopped,
+    StopSignals,
     UsageError,
     announce_resume,
     build_branch_sampler,
     build_criterion,
     default_output_dir,
+    error_line,
     fail,
+    find_resume_checkpoint,
+    interrupted_line,
     is_foreign_checkpoint,
     is_main_process,
     model_for_run,
     needs_unused_parameter_search,
     reid_data_kwargs,
+    remove_stale_temporaries,
+    resumable_optimizer_state,
     run_guarded,
     set_aside_earlier_run,
+    set_deterministic,
     write_config,
 )
 
@@ -63,7 +72,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with any config sections")
     p.add_argument("--root", help="data root (folder: the Market-layout folder itself)")
     p.add_argument("--output-dir", help="where checkpoints, logs and plots go")
-    p.add_argument("--resume", help="checkpoint to continue from (or to evaluate)")
+    p.add_argument(
+        "--resume",
+        help="checkpoint to continue from (or to evaluate); a run folder (its newest valid "
+        "checkpoint); or 'auto': the newest valid checkpoint in this run's output folder, "
+        "if any (else a new run starts)",
+    )
     p.add_argument("--eval-only", action="store_true", help="only evaluate --resume")
     p.add_argument("--model", help="model registry name (same as model.name=NAME)")
     p.add_argument(
@@ -108,6 +122,42 @@ def resolve(args, ckpt=None) -> dict:
     return cfg
 
 
+def find_resume(args) -> None:
+    """``--resume auto`` / ``--resume RUN_DIR`` -> the newest valid checkpoint there.
+
+    ``auto`` looks in the folder this command would write to (``--output-dir``, else
+    ``log/<dataset>/<model>-<mode>``) and starts a new run when it holds none, so a
+    pre-empted job can be resubmitted with the same command line.
+    """
+    if not args.resume:
+        return
+    say = print if is_main_process() else (lambda *a, **k: None)
+    auto = args.resume == "auto"
+    if not auto and not Path(args.resume).is_dir():
+        return
+    if auto:
+        args.resume, eval_only = None, args.eval_only
+        args.eval_only = False
+        folder = Path(resolve(args)["output_dir"])
+        args.eval_only = eval_only
+    else:
+        folder = Path(args.resume)
+    found = find_resume_checkpoint(folder, warn=lambda m: say(m, file=sys.stderr))
+    if found is not None:
+        say(f"=> resuming from {found}")
+        args.resume = str(found)
+    elif auto:
+        if args.eval_only:
+            raise UsageError(f"--resume auto --eval-only: no readable checkpoint in {folder}")
+        say(f"=> --resume auto: no checkpoint in {folder}; starting a new run")
+        args.resume = None
+    else:
+        raise UsageError(
+            f"--resume {folder}: that folder holds no readable checkpoint "
+            f"({' / '.join(CHECKPOINT_NAMES)})"
+        )
+
+
 def prepare(args):
     """Read --resume, resolve the config and decide whether the run trains.
 
@@ -119,6 +169,7 @@ def prepare(args):
     from ..engines.optim import check_schedule
     from ..utils.checkpoint import load_checkpoint
 
+    find_resume(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     cfg = resolve(args, ckpt)
     say = print if is_main_process() else (lambda *a, **k: None)
@@ -175,17 +226,24 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
     from ..data.reid_manager import build_reid_datamanager, prepare_reid_dataset
     from ..engines import distributed as dist
     from ..engines.grad_monitor import monitor_history
-    from ..engines.optim import build_optimizer, build_scheduler
+    from ..engines.guards import EvaluationFailed, TrainingInterrupted
+    from ..engines.optim import build_optimizer, build_scheduler, set_base_lr
     from ..engines.reid_engine import DHMReIDEngine
     from ..engines.reid_loaders import reid_train_loader
     from ..utils.device import seed_everything
     from ..utils.io import atomic_write, atomic_write_text
+    from ..utils.rng import restore_rng_state
 
     out = Path(cfg["output_dir"])
     train, test, data = cfg["train"], cfg["test"], cfg["data"]
     seed_everything(train["seed"])
+    if train["deterministic"]:
+        set_deterministic()
     kwargs = reid_data_kwargs(cfg)
     kwargs["pin_memory"] = info.device.type == "cuda"
+    if info.is_main:
+        for stale in remove_stale_temporaries(out):
+            print(f"=> removed {stale}, left by an interrupted write")
     if info.distributed:
         if info.is_main:  # synthreid is drawn once, by rank 0, before anyone reads it
             prepare_reid_dataset(data["dataset"], data["root"])
@@ -214,11 +272,16 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
     )
     if start_epoch:
         if not foreign:
-            if ckpt.get("optimizer"):
-                optimizer.load_state_dict(ckpt["optimizer"])
+            state = resumable_optimizer_state(cfg, ckpt, say=print if info.is_main else len)
+            if state:
+                optimizer.load_state_dict(state)
             if ckpt.get("scheduler"):
                 scheduler.load_state_dict(ckpt["scheduler"])
+            set_base_lr(optimizer, scheduler, cfg["optim"]["lr"])
             history = list(ckpt.get("history") or [])
+            # The random state the uninterrupted run had here (data order and
+            # augmentation are seeded per epoch anyway; this covers everything else).
+            restore_rng_state(ckpt.get("rng"))
         if info.is_main:
             announce_resume(args.resume, start_epoch, foreign)
     if info.is_main:
@@ -247,27 +310,40 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
         train_sampler=train_sampler,
         grad_monitor_every=train["grad_monitor_every"],
         report=test["report"],
+        nonfinite=train["nonfinite"],
+        nonfinite_max_skips=train["nonfinite_max_skips"],
+        should_stop=getattr(args, "should_stop", None),
+        amp=train["amp"],
         preprocessing=Preprocessing(
             height=data["height"], width=data["width"], mean=data["norm_mean"], std=data["norm_std"]
         ),
     )
+    if start_epoch and not foreign and ckpt.get("scaler") and engine.scaler is not None:
+        engine.scaler.load_state_dict(ckpt["scaler"])
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out, evaluated=args.resume if args.eval_only else None)
-    engine.run(
-        save_dir=str(out),
-        max_epoch=train["max_epoch"],
-        start_epoch=start_epoch,
-        print_freq=train["print_freq"],
-        fixbase_epoch=train["fixbase_epoch"],
-        open_layers=list(model.new_module_names()),
-        eval_freq=train["eval_freq"],
-        test_only=args.eval_only,
-        dist_metric=test["metric"],
-        normalize_feature=test["normalize_feature"],
-        ranks=test["ranks"],
-        rerank=test["rerank"],
-    )
+    failed = None
+    try:
+        engine.run(
+            save_dir=str(out),
+            max_epoch=train["max_epoch"],
+            start_epoch=start_epoch,
+            print_freq=train["print_freq"],
+            fixbase_epoch=train["fixbase_epoch"],
+            open_layers=list(model.new_module_names()),
+            eval_freq=train["eval_freq"],
+            test_only=args.eval_only,
+            dist_metric=test["metric"],
+            normalize_feature=test["normalize_feature"],
+            ranks=test["ranks"],
+            rerank=test["rerank"],
+        )
+    except TrainingInterrupted as stop:
+        done = engine.history[-1]["epoch"] if engine.history else start_epoch
+        raise RunStopped(interrupted_line(stop, out, done), 128 + stop.signum) from None
+    except EvaluationFailed as err:
+        failed = err  # write what is known first, then say how to finish the job
     if info.is_main:
         if not args.eval_only:
             deployed = model.deploy().cpu().state_dict()
@@ -279,7 +355,17 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
         monitored = monitor_history(engine.history)
         if monitored:
             results["grad_monitor"] = monitored
+        if failed is not None:
+            results.update(epochs=failed.epochs, evaluation_error=error_line(failed.cause))
         atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    if failed is not None:
+        ckpt_path = out / "checkpoint.pth"
+        raise RunStopped(
+            f"error: training finished ({failed.epochs} epochs, {ckpt_path}; deployed.pth and "
+            f"results.json written) but the final evaluation failed: {error_line(failed.cause)}"
+            f". Once that is fixed, finish with: reid-dhm train --eval-only --resume {ckpt_path}",
+            1,
+        )
     return engine.results
 
 
@@ -314,11 +400,13 @@ def _main(args) -> None:
     if args.seeds is not None and cfg["task"] == "reid":
         raise UsageError("--seeds is available for classification datasets only")
     keep_earlier_run(cfg, args)
-    if cfg["task"] == "reid":
-        run_reid(cfg, args, ckpt)
-    else:
-        from .train_classification import run_classification
+    with StopSignals() as stops:
+        args.should_stop = stops.pending
+        if cfg["task"] == "reid":
+            run_reid(cfg, args, ckpt)
+        else:
+            from .train_classification import run_classification
 
-        run_classification(cfg, args, ckpt)
+            run_classification(cfg, args, ckpt)
     if is_main_process():
         print(f"done in {time.time() - start:.0f} s; outputs in {cfg['output_dir']}")

@@ -22,13 +22,18 @@ import numpy as np
 
 from ..config import CLASSIFICATION_DATASETS
 from .common import (
+    RunStopped,
     UsageError,
     announce_resume,
     build_branch_sampler,
     build_criterion,
+    interrupted_line,
     is_foreign_checkpoint,
     model_for_run,
     needs_unused_parameter_search,
+    remove_stale_temporaries,
+    resumable_optimizer_state,
+    set_deterministic,
     write_config,
 )
 
@@ -76,20 +81,24 @@ def _loaders(cfg: dict, train_set, test_set, device):
     from torch.utils.data import DataLoader
 
     from ..engines import distributed as dist
+    from ..engines.seeding import EpochIndexSampler, EpochSeededDataset, ignore_sigint
 
     d = cfg["data"]
+    seed = cfg["train"]["seed"]
     batch = dist.per_process_batch(d["batch_size"])
-    sampler = dist.train_sampler(train_set, shuffle=True, seed=cfg["train"]["seed"])
+    sampler = dist.train_sampler(train_set, shuffle=True, seed=seed)
     common = dict(
         num_workers=d["workers"],
         pin_memory=device.type == "cuda",
         persistent_workers=d["workers"] > 0,
+        worker_init_fn=ignore_sigint,
     )
     # A last batch of one sample breaks BatchNorm in training mode: drop it then.
+    # Augmentation is seeded per (seed, epoch, sample): resumed runs draw the same.
     train_loader = DataLoader(
-        train_set,
+        EpochSeededDataset(train_set, seed),
         batch_size=batch,
-        sampler=sampler,
+        sampler=EpochIndexSampler(sampler),
         drop_last=len(sampler) % batch == 1,
         **common,
     )
@@ -106,13 +115,20 @@ def train_one(cfg: dict, args, info, ckpt=None) -> dict:
     """
     from ..engines import distributed as dist
     from ..engines.classification import ClassificationEngine, format_table
-    from ..engines.optim import build_optimizer, build_scheduler
+    from ..engines.guards import TrainingInterrupted
+    from ..engines.optim import build_optimizer, build_scheduler, set_base_lr
     from ..utils.device import seed_everything
+    from ..utils.rng import restore_rng_state
 
     out = Path(cfg["output_dir"])
     train, test = cfg["train"], cfg["test"]
     # Rank offset: ranks draw different augmentations; DDP copies rank 0's initial weights.
     seed_everything(train["seed"] + info.rank)
+    if train["deterministic"]:
+        set_deterministic()
+    if info.is_main:
+        for stale in remove_stale_temporaries(out):
+            print(f"=> removed {stale}, left by an interrupted write")
     train_set, test_set, num_classes = build_datasets(cfg)
     model, model_name = model_for_run(cfg, args.resume, ckpt, num_classes, "classes")
     model = model.to(info.device)
@@ -158,10 +174,16 @@ def train_one(cfg: dict, args, info, ckpt=None) -> dict:
         run_info=run_info,
         is_main_process=info.is_main,
         grad_monitor_every=train["grad_monitor_every"],
+        nonfinite=train["nonfinite"],
+        nonfinite_max_skips=train["nonfinite_max_skips"],
+        should_stop=getattr(args, "should_stop", None),
     )
     if start_epoch:
         if not foreign:
-            engine.load_state(ckpt)
+            state = resumable_optimizer_state(cfg, ckpt, say=print if info.is_main else len)
+            engine.load_state({**ckpt, "optimizer": state})
+            set_base_lr(optimizer, scheduler, cfg["optim"]["lr"])
+            restore_rng_state(ckpt.get("rng"))
         if info.is_main:
             announce_resume(args.resume, start_epoch, foreign)
     if info.is_main:
@@ -177,7 +199,11 @@ def train_one(cfg: dict, args, info, ckpt=None) -> dict:
     if args.eval_only:
         results = engine.evaluate_only()
     else:
-        results = engine.run(start_epoch)
+        try:
+            results = engine.run(start_epoch)
+        except TrainingInterrupted as stop:
+            done = engine.history[-1]["epoch"] if engine.history else start_epoch
+            raise RunStopped(interrupted_line(stop, out, done), 128 + stop.signum) from None
         if info.is_main:
             print(format_table(results["final"]))
             best = results["best"]

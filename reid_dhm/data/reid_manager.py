@@ -96,6 +96,7 @@ def build_reid_datamanager(
     combineall: bool = False,
     pin_memory: bool = False,
     synthreid: SynthReIDSpec | None = None,
+    skip_bad_images: bool = False,
 ) -> ImageDataManager:
     """A torchreid ``ImageDataManager`` for one of ``REID_DATASETS``.
 
@@ -107,6 +108,8 @@ def build_reid_datamanager(
             and crops back (the paper's "resize larger + random crop").
         sampler: ``random`` or ``identity`` (``num_instances`` images per identity).
         pin_memory: pin host memory (faster copies to a GPU).
+        skip_bad_images: leave unreadable or truncated images out (with a warning
+            listing them) instead of failing with the list.
 
     Returns:
         The data manager, its ``train_loader`` and ``test_loader`` ready.
@@ -119,7 +122,7 @@ def build_reid_datamanager(
             "for the identity sampler"
         )
     folder = prepare_reid_dataset(dataset, root, synthreid)
-    register_torchreid_datasets()
+    register_torchreid_datasets(skip_bad_images=skip_bad_images)
     manager = ImageDataManager(
         root=str(folder if dataset == "folder" else root),
         sources=dataset,

@@ -24,7 +24,6 @@ The device is taken from the model's parameters; nothing here calls ``.cuda()``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -42,41 +41,19 @@ from ..losses import BranchSampler, DHMLoss
 from ..models import MAIN
 from ..utils.checkpoint import save_checkpoint, unwrap
 from ..utils.io import atomic_write_text
+from ..utils.rng import rng_state
 from . import distributed as dist
+from .amp import AMP_MODES, autocast, check_amp
 from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
 from .grad_monitor import PREFIX as MONITOR_PREFIX
 from .grad_monitor import GradientMonitor, monitor_history
+from .guards import NonFiniteGuard, TrainingDiverged, TrainingInterrupted
 from .plots import plot_training_curves
 
-AMP_MODES = ("none", "bf16", "fp16")
 CHECKPOINT = "checkpoint.pth"
 BEST_CHECKPOINT = "best.pth"
 TOPK = (1, 5)
-
-
-class TrainingDiverged(ValueError):
-    """The training loss became NaN or infinite (a ValueError: the usual fix is a setting)."""
-
-
-def check_amp(amp: str, device: torch.device) -> str:
-    """Validate a mixed-precision mode for ``device``; returns it."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"unknown amp mode {amp!r}; valid modes are {list(AMP_MODES)}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"amp='fp16' needs a CUDA device (float16 autocast with a GradScaler); the model is "
-            f"on {device.type}: use amp='bf16' there, or amp='none'"
-        )
-    return amp
-
-
-def autocast(amp: str, device: torch.device):
-    """The autocast context for ``amp`` (a no-op context for ``'none'``)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def topk_correct(logits: Tensor, targets: Tensor, ks: Sequence[int] = TOPK) -> Tensor:
@@ -137,6 +114,13 @@ class ClassificationEngine:
         log: where text lines go (default ``print``).
         grad_monitor_every: every this many iterations of an epoch, measure how the
             branches' gradients on the shared stem agree (``GradientMonitor``); 0 = off.
+        nonfinite, nonfinite_max_skips: what a NaN / inf loss does (``NonFiniteGuard``).
+            ``'stop'`` keeps the loss on the device and looks at it where the engine
+            reads the loss anyway (progress lines, the epoch end), so it costs no
+            extra sync; ``'skip'`` must decide before every optimizer step, so it
+            reads the loss every iteration.
+        should_stop: called after every iteration; a signal number means stop now
+            (``TrainingInterrupted``).
     """
 
     def __init__(
@@ -163,6 +147,9 @@ class ClassificationEngine:
         tensorboard: bool = True,
         log: Callable[[str], None] = print,
         grad_monitor_every: int = 0,
+        nonfinite: str = "stop",
+        nonfinite_max_skips: int = 10,
+        should_stop: Callable[[], int | None] | None = None,
     ):
         self.model = model
         self.bare = unwrap(model)
@@ -192,6 +179,8 @@ class ClassificationEngine:
         self.monitor = (
             GradientMonitor(model, criterion, grad_monitor_every) if grad_monitor_every else None
         )
+        self.guard = NonFiniteGuard(nonfinite, nonfinite_max_skips)
+        self.should_stop = should_stop
         self.history: list[dict] = []
         self.best: dict | None = None  # {'epoch', 'top1_err', 'top5_err'} of main
         self.last_eval: dict | None = None
@@ -261,6 +250,11 @@ class ClassificationEngine:
             disable=not show,
             leave=False,
         )
+        self.guard.new_epoch()
+        # 1-based iteration of the first non-finite loss, -1 while there is none; kept on
+        # the device and read where the loss is read anyway ('stop' policy).
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        skip = self.guard.policy == "skip"
         for step, (images, targets) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
@@ -272,12 +266,27 @@ class ClassificationEngine:
                     it = epoch * (total or 0) + step + 1
                     for key, value in monitored.items():
                         self.writer.add_scalar(f"Monitor/{key[len(MONITOR_PREFIX) :]}", value, it)
+            saved = [b.detach().clone() for b in self.bare.buffers()] if skip else None
             with autocast(self.amp, self.device):
                 output = self.model(images)
             # The loss in float32 whatever the autocast dtype (log-softmax, KL).
             logits = OrderedDict((b, z.float()) for b, z in output.logits.items())
             losses = self.criterion(logits, targets, active=active)
             self.optimizer.zero_grad(set_to_none=True)
+            if skip:
+                value = float(losses["loss"].detach())
+                if dist.world_size() > 1:  # every rank takes the same decision
+                    bad = dist.all_reduce_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0]))
+                    value = float("nan") if float(bad[0]) else value
+                if not self.guard.allow_step(value, epoch + 1, step + 1, lr):
+                    with torch.no_grad():  # undo what the forward did to BN statistics
+                        for buf, old in zip(self.bare.buffers(), saved):
+                            buf.copy_(old)
+                    self._check_stop(epoch, step)
+                    continue
+            else:
+                finite = torch.isfinite(losses["loss"].detach())
+                first_bad = torch.where((first_bad < 0) & ~finite, step + 1, first_bad)
             if self.scaler is not None:
                 self.scaler.scale(losses["loss"]).backward()
                 self.scaler.step(self.optimizer)
@@ -295,7 +304,9 @@ class ClassificationEngine:
                 sums[f"acc/{b}"] = sums.get(f"acc/{b}", 0) + hit
             if show and step % 10 == 0:  # reading the loss syncs with the device
                 bar.set_postfix(loss=f"{float(sums['loss']) / count:.3f}")
+                self._raise_if_bad(first_bad, epoch, lr)
             if self.print_freq > 0 and (step + 1) % self.print_freq == 0 and self.is_main:
+                self._raise_if_bad(first_bad, epoch, lr)
                 running = {k: float(v) / count for k, v in sums.items() if not k.startswith("acc")}
                 if not show:
                     self.log(
@@ -307,6 +318,9 @@ class ClassificationEngine:
                     it = epoch * (total or 0) + step + 1
                     for key, value in running.items():
                         self.writer.add_scalar(f"Train/{key}", value, it)
+            self._check_stop(epoch, step)
+        if not skip:
+            self._raise_if_bad(first_bad, epoch, lr, every_rank=True)
         if self.scheduler is not None:
             self.scheduler.step()
         totals = dist.all_reduce_dict({**sums, "_count": torch.tensor(float(count))})
@@ -316,11 +330,10 @@ class ClassificationEngine:
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         for key in sums:  # the loss's own order: loss, ce/main, ce/aux1, ..., kl/..., acc/...
             record[key] = (100.0 if key.startswith("acc/") else 1.0) * totals[key] / seen
-        if not math.isfinite(record["loss"]):
-            raise TrainingDiverged(
-                f"training diverged: the loss is {record['loss']} in epoch {epoch + 1} "
-                f"(lr {lr:.3g}); lower the learning rate or add warm-up epochs"
-            )
+        if not math.isfinite(record["loss"]):  # another rank's batches (its own check raised)
+            self.guard.allow_step(record["loss"], epoch + 1, total or 0, lr)
+        if self.guard.skipped:
+            record["skipped_batches"] = self.guard.skipped
         if self.criterion.mode == "dhm":
             record["kl_weight"] = self.criterion.current_kl_weight
         if self.monitor is not None:
@@ -329,6 +342,26 @@ class ClassificationEngine:
         record["frozen"] = frozen
         record["seconds"] = time.time() - start
         return record
+
+    def _raise_if_bad(self, first_bad: Tensor, epoch: int, lr: float, every_rank=False) -> None:
+        """'stop' policy: raise if an iteration so far had a non-finite loss.
+
+        Mid-epoch (``every_rank=False``) only single-process runs look: under DDP one
+        rank must not leave while the others wait in a collective; at the epoch end
+        every rank looks, and the ranks' results meet in the epoch's all-reduce.
+        """
+        if not every_rank and dist.world_size() > 1:
+            return
+        bad = int(first_bad)
+        if bad > 0:
+            self.guard.allow_step(float("nan"), epoch + 1, bad, lr)
+
+    def _check_stop(self, epoch: int, step: int) -> None:
+        signum = self.should_stop() if self.should_stop is not None else None
+        if dist.world_size() > 1:  # all ranks stop after the same iteration
+            signum = int(dist.all_reduce_sum(torch.tensor([float(signum or 0)]))[0]) or None
+        if signum:
+            raise TrainingInterrupted(signum, epoch + 1, step + 1)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -480,6 +513,8 @@ class ClassificationEngine:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            rng=rng_state(),
+            keep_previous=name == CHECKPOINT,
             history=self.history,
             best=self.best,
             metrics=self.last_eval,

@@ -118,3 +118,21 @@ def build_scheduler(
             warnings.simplefilter("ignore", UserWarning)
             scheduler.step()
     return scheduler
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float) -> None:
+    """Make ``lr`` the schedule's peak lr, also after a resumed scheduler state.
+
+    A restored ``LambdaLR`` state carries the old run's base lrs, and the optimizer
+    state its last lr: without this, ``optim.lr=...`` on ``--resume`` would be silently
+    ignored. The current epoch's lr becomes ``lr * factor(last_epoch)``.
+    """
+    if scheduler is None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,15 +38,18 @@ from tqdm import tqdm
 
 from ..inference import extract_loader_features
 from ..losses import BranchSampler, DHMLoss
-from ..models import MAIN
+from ..models import MAIN, BranchOutputs
 from ..retrieval import KReciprocalReranker, cmc_at, evaluate
 from ..retrieval.distance import DistanceBlocks
 from ..utils.checkpoint import save_checkpoint, unwrap
+from ..utils.rng import rng_state
 from . import distributed as dist
+from .amp import autocast, check_amp
 from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
 from .grad_monitor import PREFIX as MONITOR_PREFIX
 from .grad_monitor import GradientMonitor
+from .guards import EvaluationFailed, NonFiniteGuard, TrainingDiverged, TrainingInterrupted
 from .plots import plot_ranked_results, plot_training_curves
 from .reid_loaders import sharded_eval_loader
 
@@ -72,6 +77,12 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             ``save_dir/report`` (``reid_dhm.report.write_report``).
         preprocessing: how images become model input (a ``Preprocessing``), stored in
             every checkpoint as its own field for ``FeatureExtractor`` and exporters.
+        nonfinite, nonfinite_max_skips: what a NaN / inf loss does (``NonFiniteGuard``):
+            ``'stop'`` at once, or ``'skip'`` the batch (stop after that many in a row).
+        should_stop: called after every iteration; a signal number means stop now
+            (``TrainingInterrupted``), e.g. after the command line caught SIGTERM.
+        amp: mixed precision in training: ``'none'``, ``'bf16'`` or ``'fp16'`` (CUDA,
+            with a GradScaler); the loss is computed in float32 either way.
     """
 
     def __init__(
@@ -93,6 +104,10 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         grad_monitor_every: int = 0,
         report: bool = False,
         preprocessing=None,
+        nonfinite: str = "stop",
+        nonfinite_max_skips: int = 10,
+        should_stop: Callable[[], int | None] | None = None,
+        amp: str = "none",
     ):
         device = next(unwrap(model).parameters()).device
         super().__init__(
@@ -115,6 +130,12 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         )
         self.report = report
         self.preprocessing = preprocessing
+        self.guard = NonFiniteGuard(nonfinite, nonfinite_max_skips)
+        self.should_stop = should_stop
+        self._written_epoch = None
+        self.epoch, self.batch_idx = getattr(self, "epoch", 0), 0  # also outside train()
+        self.amp = check_amp(amp, device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.results: dict = {}
         self._last_eval = None
         self.save_dir: Path | None = None
@@ -127,12 +148,40 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         monitored = {}
         if self.monitor is not None and self.monitor.due(self.batch_idx):
             monitored = self.monitor.measure(imgs, pids, self.active)
-        output = self.model(imgs)
+        bare = unwrap(self.model)
+        # Skipping a batch must also undo what its forward pass did to BN statistics.
+        saved = (
+            [b.detach().clone() for b in bare.buffers()] if self.guard.policy == "skip" else None
+        )
+        with autocast(self.amp, self.device):
+            output = self.model(imgs)
+        if self.amp != "none":  # the loss in float32 whatever the autocast dtype
+            output = BranchOutputs(
+                logits=OrderedDict((b, z.float()) for b, z in output.logits.items()),
+                features=OrderedDict((b, f.float()) for b, f in output.features.items()),
+            )
         losses = self.criterion(output, pids, active=self.active)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.optimizer.step()
+        # The console line reads every term anyway: this is today's one sync an iteration.
         summary = {k: float(v.detach()) for k, v in losses.items()}
+        value = summary["loss"]
+        if dist.world_size() > 1:  # every rank takes the same decision
+            bad = dist.all_reduce_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0]))
+            value = float("nan") if float(bad[0]) else value
+        if not self.guard.allow_step(
+            value, self.epoch + 1, self.batch_idx + 1, self.get_current_lr()
+        ):
+            with torch.no_grad():
+                for buf, old in zip(bare.buffers(), saved):
+                    buf.copy_(old)
+            return None
+        if self.scaler is not None:
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            losses["loss"].backward()
+            self.optimizer.step()
         for branch, logits in output.logits.items():
             acc = (logits.detach().argmax(1) == pids).float().mean()
             summary[f"acc/{branch}"] = 100.0 * float(acc)
@@ -170,8 +219,12 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             disable=not show,
             leave=False,
         )
+        self.guard.new_epoch()
         for self.batch_idx, data in enumerate(bar):
             summary = self.forward_backward(data)
+            if summary is None:  # a non-finite loss, skipped (train.nonfinite=skip)
+                self._check_stop()
+                continue
             meters.update(summary)
             bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}")
             if log_every and (self.batch_idx + 1) % log_every == 0:
@@ -191,6 +244,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
                 for name, value in summary.items():
                     self.writer.add_scalar(f"Train/{name}", value, n_iter)
                 self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
+            self._check_stop()
         lr = self.get_current_lr()
         self.update_lr()
         record = {"epoch": self.epoch + 1, "lr": lr, "frozen": bool(frozen)}
@@ -199,6 +253,8 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             record["kl_weight"] = self.criterion.current_kl_weight
         if self.monitor is not None:
             record.update(self.monitor.epoch_means())
+        if self.guard.skipped:
+            record["skipped_batches"] = self.guard.skipped
         record["active"] = list(self.active)
         record["seconds"] = time.time() - start
         self.history.append(record)
@@ -210,6 +266,11 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             )
             if self.save_dir is not None:
                 self._write_checkpoint(self.epoch + 1)
+
+    def _check_stop(self) -> None:
+        signum = self.should_stop() if self.should_stop is not None else None
+        if signum:
+            raise TrainingInterrupted(signum, self.epoch + 1, self.batch_idx + 1)
 
     def run(self, save_dir="log", max_epoch=0, start_epoch=0, **kwargs):
         """torchreid's ``Engine.run`` plus the curves and ranked-results PNGs at the end.
@@ -235,10 +296,21 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         quiet = (
             contextlib.nullcontext() if self.is_main else contextlib.redirect_stdout(io.StringIO())
         )
-        with quiet:
-            super().run(
-                save_dir=str(save_dir), max_epoch=max_epoch, start_epoch=start_epoch, **kwargs
-            )
+        if start_epoch and (self.save_dir / CHECKPOINT).is_file():
+            self.guard.checkpoint = f"{self.save_dir / CHECKPOINT} (epoch {start_epoch})"
+        trained = start_epoch >= max_epoch  # nothing left to train: only the test can fail
+        try:
+            with quiet:
+                super().run(
+                    save_dir=str(save_dir), max_epoch=max_epoch, start_epoch=start_epoch, **kwargs
+                )
+        except (TrainingDiverged, TrainingInterrupted):
+            raise
+        except Exception as err:
+            done = self.history[-1]["epoch"] if self.history else start_epoch
+            if (trained or done >= max_epoch) and not kwargs.get("test_only"):
+                raise EvaluationFailed(done, err) from err
+            raise
         if self.is_main:
             if self.history:
                 plot_training_curves(self.history, self.save_dir / "training_curves.png")
@@ -276,7 +348,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         for branch in branches:
             res = raw[branch] = evaluate(
                 qf[branch], gf[branch], q_pids, g_pids, q_camids, g_camids,
-                metric=metric, max_rank=max_rank, rerank=rerank,
+                metric=metric, max_rank=max_rank, rerank=rerank, device=self.device,
             )  # fmt: skip
             # cmc_at: a rank beyond a gallery smaller than it reads the CMC's last value.
             cmc = cmc_at(res, ranks)
@@ -369,7 +441,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             self._write_checkpoint(epoch + 1)
 
     def _write_checkpoint(self, epochs_done: int) -> Path:
-        return save_checkpoint(
+        path = save_checkpoint(
             Path(self.save_dir) / CHECKPOINT,
             self.model,
             self.model_name,
@@ -380,7 +452,14 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             metrics=self.results,
             history=self.history,
             preprocessing=self.preprocessing.to_dict() if self.preprocessing else None,
+            rng=rng_state(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            # The final save rewrites the same epoch with the test metrics: no rotation.
+            keep_previous=epochs_done != self._written_epoch,
         )
+        self._written_epoch = epochs_done
+        self.guard.checkpoint = f"{path} (epoch {epochs_done})"
+        return path
 
 
 class _LastEval(NamedTuple):

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 from torchreid.reid.data.sampler import RandomIdentitySampler
 
 from . import distributed as dist
+from .seeding import EpochIndexSampler, EpochSeededDataset, ignore_sigint
 
 
 @contextlib.contextmanager
@@ -97,14 +98,18 @@ def reid_train_loader(
         chosen = BlockShardSampler(base, per_process, seed)
     else:
         chosen = dist.train_sampler(dataset, shuffle=True, seed=seed)
+    # Augmentation seeded per (seed, epoch, sample): any worker count, persistent
+    # workers and resumed runs draw the same crops and flips.
+    chosen = EpochIndexSampler(chosen)
     manager.train_loader = DataLoader(
-        dataset,
+        EpochSeededDataset(dataset, seed),
         batch_size=per_process,
         sampler=chosen,
         num_workers=old.num_workers,
         pin_memory=old.pin_memory,
         drop_last=True,
         persistent_workers=old.num_workers > 0,
+        worker_init_fn=ignore_sigint,
     )
     return chosen
 

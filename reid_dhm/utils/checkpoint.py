@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models import DHMNet, build_model, get_entry
-from .io import atomic_write
+from .io import atomic_path
 from .torch_io import read_torch_file, strip_wrapper_prefixes
 
 FORMAT = "reid_dhm.checkpoint/1"
@@ -62,6 +62,7 @@ def save_checkpoint(
     config: Mapping | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    keep_previous: bool = False,
     **extra: Any,
 ) -> Path:
     """Write a checkpoint atomically (temporary file, then rename over ``path``).
@@ -70,6 +71,9 @@ def save_checkpoint(
         model: the (possibly DDP-wrapped) model; saved without ``module.`` prefixes.
         model_name: its registry name, so :func:`model_from_checkpoint` can rebuild it.
         epoch: finished epochs (``--resume`` continues with the next one).
+        keep_previous: move the file being replaced to ``<stem>.prev<suffix>`` (only once
+            the new one is completely written), so a damaged or lost newest checkpoint
+            still leaves the one before it.
         **extra: more plain values, e.g. ``metrics=...``, ``history=...``.
     """
     bare = unwrap(model)
@@ -89,8 +93,18 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         **extra,
     }
-    atomic_write(path, lambda tmp: torch.save(to_plain(state), tmp))
-    return Path(path)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(to_plain(state), tmp)
+        if keep_previous and path.exists():
+            os.replace(path, previous_checkpoint_path(path))
+    return path
+
+
+def previous_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``checkpoint.pth`` -> ``checkpoint.prev.pth`` (see ``save_checkpoint(keep_previous)``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
