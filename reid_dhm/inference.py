@@ -41,9 +41,9 @@ def extract_loader_features(
             if branches == (MAIN,) or list(branches) == [MAIN]:
                 feats[MAIN].append(bare(imgs).float().cpu())
             else:
-                out = bare.forward_branches(imgs, branches)
+                out = bare.branch_embeddings(imgs, branches)
                 for b in branches:
-                    feats[b].append(out.features[b].float().cpu())
+                    feats[b].append(out[b].float().cpu())
             pids.extend(int(p) for p in data["pid"])
             camids.extend(int(c) for c in data["camid"])
             paths.extend(data["impath"])

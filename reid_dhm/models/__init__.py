@@ -2,6 +2,7 @@
 
 from .dhm import BRANCH_STYLES, MAIN, AuxBranch, DHMNet, count_parameters
 from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
+from .osnet import DHMOSNet
 from .outputs import BranchOutputs
 from .registry import ModelEntry, build_model, get_entry, list_models, register_model
 from .resnet import DHMResNet, to_torchvision_state_dict
@@ -15,6 +16,7 @@ __all__ = [
     "BranchOutputs",
     "DHMMobileNetV2",
     "DHMNet",
+    "DHMOSNet",
     "DHMResNet",
     "ModelEntry",
     "build_model",

@@ -22,6 +22,30 @@ AUX_PREFIX = "aux_branches."
 # How auxiliary branches are built: each architecture's recipe table ("paper"), or
 # fresh copies of the main path's own stages after the fork ("mirror").
 BRANCH_STYLES = ("paper", "mirror")
+# The head after pooling: a plain classifier, or BNNeck (Luo et al. 2019: BatchNorm on the
+# embedding, a bias-free classifier after it; triplet on the feature before the BN).
+NECKS = ("none", "bnneck")
+# What eval mode (and the deployed model) returns with a BNNeck: the feature before the
+# BN or after it (BoT evaluates on the latter).
+EVAL_FEATURES = ("pre_bn", "post_bn")
+
+
+def make_bnneck(dim: int) -> nn.BatchNorm1d:
+    """BNNeck's BatchNorm: its shift is frozen at 0 (as BoT), so it only rescales."""
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)
+    return bn
+
+
+def check_head(neck: str, eval_feature: str) -> None:
+    if neck not in NECKS:
+        raise ValueError(f"unknown neck {neck!r}; valid necks are {list(NECKS)}")
+    if eval_feature not in EVAL_FEATURES:
+        raise ValueError(
+            f"unknown eval_feature {eval_feature!r}; valid ones are {list(EVAL_FEATURES)}"
+        )
+    if neck == "none" and eval_feature != "pre_bn":
+        raise ValueError(f"eval_feature={eval_feature!r} needs neck='bnneck'")
 
 
 class AuxBranch(nn.Module):
@@ -30,23 +54,43 @@ class AuxBranch(nn.Module):
     Args:
         fork: name of the main-path stage whose output feeds this branch.
         body: the branch's own stages (nothing is shared with the main path).
-        feature_dim: channels ``body`` produces (the branch embedding size).
+        feature_dim: size of the branch embedding (``head``'s output, else ``body``'s
+            channels).
         num_classes: classifier outputs.
+        head: optional layers after pooling (OSNet's ``fc``), as in the main path.
+        neck: ``'none'`` or ``'bnneck'`` (BatchNorm, then a bias-free classifier).
     """
 
-    def __init__(self, fork: str, body: nn.Module, feature_dim: int, num_classes: int):
+    def __init__(
+        self,
+        fork: str,
+        body: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        head: nn.Module | None = None,
+        neck: str = "none",
+    ):
         super().__init__()
         self.fork = fork
         self.feature_dim = feature_dim
         self.body = body
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        if head is not None:
+            self.fc = head
+        self.bnneck = make_bnneck(feature_dim) if neck == "bnneck" else None
+        self.classifier = nn.Linear(feature_dim, num_classes, bias=neck == "none")
         nn.init.normal_(self.classifier.weight, 0, 0.01)
-        nn.init.zeros_(self.classifier.bias)
+        if self.classifier.bias is not None:
+            nn.init.zeros_(self.classifier.bias)
 
     def embed(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) fork feature map -> (B, feature_dim) pooled embedding."""
-        return self.global_avgpool(self.body(x)).flatten(1)
+        """(B, C, H, W) fork feature map -> (B, feature_dim) pooled embedding (before any BN)."""
+        v = self.global_avgpool(self.body(x)).flatten(1)
+        return self.fc(v) if hasattr(self, "fc") else v
+
+    def logits(self, v: Tensor) -> Tensor:
+        """(B, feature_dim) embedding -> (B, num_classes), through the BNNeck if any."""
+        return self.classifier(self.bnneck(v) if self.bnneck is not None else v)
 
 
 class DHMNet(nn.Module):
@@ -71,10 +115,32 @@ class DHMNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.aux_branches = nn.ModuleDict()
+        # No class attributes for these: a class attribute would hide a registered module.
+        self.bnneck: nn.BatchNorm1d | None = None
+        self.eval_feature = "pre_bn"
         self._active: tuple[str, ...] | None = None
         self.init_kwargs: dict = {}
 
     # ----------------------------------------------------------------- set-up
+    def _set_head(self, num_classes: int, neck: str = "none", eval_feature: str = "pre_bn") -> None:
+        """The main branch's classifier (bias-free after a BNNeck) and optional BNNeck;
+        subclasses call it once ``feature_dim`` is known."""
+        check_head(neck, eval_feature)
+        self.bnneck = make_bnneck(self.feature_dim) if neck == "bnneck" else None
+        self.classifier = nn.Linear(self.feature_dim, num_classes, bias=neck == "none")
+        self.eval_feature = eval_feature
+
+    @property
+    def neck(self) -> str:
+        return "bnneck" if self.bnneck is not None else "none"
+
+    def set_eval_feature(self, eval_feature: str) -> None:
+        """Choose what eval mode returns: ``'pre_bn'`` or (with a BNNeck) ``'post_bn'``."""
+        check_head(self.neck, eval_feature)
+        self.eval_feature = eval_feature
+        if "eval_feature" in self.init_kwargs:
+            self.init_kwargs["eval_feature"] = eval_feature
+
     def _set_branches(self, branches: Mapping[str, AuxBranch]) -> None:
         # Depth order (aux1 = deepest fork first) is the order losses rely on.
         for name in sorted(branches):
@@ -158,18 +224,37 @@ class DHMNet(nn.Module):
         feats = OrderedDict([(MAIN, taps.pop(None))])
         for name in aux:
             feats[name] = self.aux_branches[name].embed(taps[self.aux_branches[name].fork])
-        logits = OrderedDict([(MAIN, self.classifier(feats[MAIN]))])
+        logits = OrderedDict([(MAIN, self._main_logits(feats[MAIN]))])
         for name in aux:
-            logits[name] = self.aux_branches[name].classifier(feats[name])
+            logits[name] = self.aux_branches[name].logits(feats[name])
         return BranchOutputs(logits=logits, features=feats)
 
+    def branch_embeddings(self, x: Tensor, branches: Iterable[str]) -> OrderedDict[str, Tensor]:
+        """Eval-mode embeddings of several branches from one main-path pass (as ``embed``)."""
+        out = self.forward_branches(x, branches)
+        feats = OrderedDict()
+        for name, v in out.features.items():
+            bn = self.bnneck if name == MAIN else self.aux_branches[name].bnneck
+            feats[name] = bn(v) if bn is not None and self.eval_feature == "post_bn" else v
+        return feats
+
+    def _main_logits(self, v: Tensor) -> Tensor:
+        return self.classifier(self.bnneck(v) if self.bnneck is not None else v)
+
     def embed(self, x: Tensor, branch: str = MAIN) -> Tensor:
-        """Embedding of one branch, shape (B, D_branch); ``main`` is the deployed one."""
+        """Embedding of one branch, shape (B, D_branch); ``main`` is the deployed one.
+
+        With a BNNeck and ``eval_feature='post_bn'`` the feature after the BN.
+        """
         if branch == MAIN:
-            return self._run_main(x, set())[None]
-        self._check_branch_names([branch])
-        aux = self.aux_branches[branch]
-        return aux.embed(self._run_main(x, {aux.fork}, stop_at=aux.fork)[aux.fork])
+            v = self._run_main(x, set())[None]
+            bn = self.bnneck
+        else:
+            self._check_branch_names([branch])
+            aux = self.aux_branches[branch]
+            v = aux.embed(self._run_main(x, {aux.fork}, stop_at=aux.fork)[aux.fork])
+            bn = aux.bnneck
+        return bn(v) if bn is not None and self.eval_feature == "post_bn" else v
 
     def _run_main(self, x: Tensor, taps: set[str], stop_at: str | None = None) -> dict:
         """Main path; returns the requested stage outputs and, under key None, the embedding."""
@@ -180,7 +265,8 @@ class DHMNet(nn.Module):
                 out[name] = x
             if name == stop_at:
                 return out
-        out[None] = self.global_avgpool(x).flatten(1)
+        v = self.global_avgpool(x).flatten(1)
+        out[None] = self.fc(v) if hasattr(self, "fc") else v  # OSNet's embedding layer
         return out
 
     # ------------------------------------------------------------- deployment
@@ -233,12 +319,13 @@ def init_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -281,6 +368,10 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "BRANCH_STYLES",
+    "EVAL_FEATURES",
+    "NECKS",
+    "check_head",
+    "make_bnneck",
     "MAIN",
     "AuxBranch",
     "DHMNet",

@@ -32,6 +32,7 @@ from .dhm import (
     AuxBranch,
     DHMNet,
     check_branch_style,
+    check_head,
     check_num_classes,
     init_weights,
     resolve_branches,
@@ -109,6 +110,8 @@ class DHMMobileNetV2(DHMNet):
         width_mult: channel multiplier (torchreid offers 1.0 and 1.4).
         branch_style: ``'paper'`` (the recipes above, default) or ``'mirror'`` (each
             branch a fresh copy of the main path after its fork).
+        neck: ``'none'`` (torchreid's head) or ``'bnneck'``.
+        eval_feature: with a BNNeck, what eval mode returns: ``'pre_bn'`` or ``'post_bn'``.
 
     Eval output: (B, 1280) pooled ``conv9`` features (``1280 * width_mult`` if > 1).
     """
@@ -122,8 +125,11 @@ class DHMMobileNetV2(DHMNet):
         branches=DEFAULT_BRANCHES,
         width_mult: float = 1.0,
         branch_style: str = "paper",
+        neck: str = "none",
+        eval_feature: str = "pre_bn",
     ):
         super().__init__()
+        check_head(neck, eval_feature)
         check_num_classes(num_classes)
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
@@ -134,6 +140,8 @@ class DHMMobileNetV2(DHMNet):
             branches=branches,
             width_mult=width_mult,
             branch_style=branch_style,
+            neck=neck,
+            eval_feature=eval_feature,
         )
 
         def ch(c: int) -> int:
@@ -151,7 +159,7 @@ class DHMMobileNetV2(DHMNet):
         self.feature_dim = head(1280)
         self.conv9 = ConvBlock(cin, self.feature_dim, 1)
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self._set_head(num_classes, neck, eval_feature)
 
         aux = {}
         for name in branches:
@@ -161,12 +169,14 @@ class DHMMobileNetV2(DHMNet):
                 body.append(make_stage(c_in, t, ch(c), n, s))
                 c_in = ch(c)
             body.append(ConvBlock(c_in, head(out), 1))
-            aux[name] = AuxBranch(fork, nn.Sequential(*body), head(out), num_classes)
+            aux[name] = AuxBranch(fork, nn.Sequential(*body), head(out), num_classes, neck=neck)
         self._set_branches(aux)
         init_weights(self)
 
     @property
     def torchreid_name(self) -> str | None:
+        if self.bnneck is not None:  # torchreid's MobileNetV2 has no BNNeck
+            return None
         return {1.0: "mobilenetv2_x1_0", 1.4: "mobilenetv2_x1_4"}.get(
             self.init_kwargs["width_mult"]
         )

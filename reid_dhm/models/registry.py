@@ -18,6 +18,7 @@ from .cifar_resnet import DHMCifarResNet
 from .densenet import DHMCifarDenseNet
 from .dhm import DHMNet, check_num_classes
 from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
+from .osnet import DHMOSNet
 from .resnet import DHMResNet
 from .weights import hub_weight_path, load_backbone_weights
 from .wrn import DHMWideResNet
@@ -95,6 +96,29 @@ def _builtin_entries() -> list[tuple[str, ModelEntry]]:
             ),
         )
     )
+    for width, tag in ((1.0, "x1_0"), (0.25, "x0_25")):
+        # torchreid's ImageNet OSNet files, if the user has them in the torch hub cache.
+        hub = (f"osnet_{tag}_imagenet.pth",)
+        entries.append(
+            (
+                f"dhm_osnet_{tag}",
+                ModelEntry(
+                    partial(DHMOSNet, width=width),
+                    f"OSNet-{tag} (torchreid layout) with DHM branches aux1 (conv3), aux2 (conv2)",
+                    hub,
+                ),
+            )
+        )
+        entries.append(
+            (
+                f"osnet_{tag}",
+                ModelEntry(
+                    partial(DHMOSNet, width=width, branches=()),
+                    f"plain OSNet-{tag} (torchreid osnet_{tag} layout)",
+                    hub,
+                ),
+            )
+        )
     # CIFAR models (32x32 inputs, trained from scratch: no hub weights).
     cifar = [
         ("cifar_resnet20", partial(DHMCifarResNet, 20), "CIFAR ResNet-20 (option-A shortcuts)"),

@@ -29,6 +29,7 @@ from .dhm import (
     AuxBranch,
     DHMNet,
     check_branch_style,
+    check_head,
     check_num_classes,
     init_weights,
     resolve_branches,
@@ -160,8 +161,11 @@ class DHMResNet(DHMNet):
         branches=DEFAULT_BRANCHES,
         last_stride: int = 2,
         branch_style: str = "paper",
+        neck: str = "none",
+        eval_feature: str = "pre_bn",
     ):
         super().__init__()
+        check_head(neck, eval_feature)
         if depth not in _SPECS:
             raise ValueError(f"unknown ResNet depth {depth!r}; valid depths are {sorted(_SPECS)}")
         check_num_classes(num_classes)
@@ -175,6 +179,8 @@ class DHMResNet(DHMNet):
             branches=branches,
             last_stride=last_stride,
             branch_style=branch_style,
+            neck=neck,
+            eval_feature=eval_feature,
         )
         block, layers, _ = _SPECS[depth]
         exp = block.expansion
@@ -191,7 +197,7 @@ class DHMResNet(DHMNet):
             inplanes = p * exp
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = 512 * exp
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self._set_head(num_classes, neck, eval_feature)
 
         aux = {}
         for name in branches:
@@ -202,7 +208,7 @@ class DHMResNet(DHMNet):
                 stride = last_stride if j == len(spec) - 1 else 2
                 stages.append(make_stage(block, cin, p, n, stride))
                 cin = p * exp
-            aux[name] = AuxBranch(fork, nn.Sequential(*stages), cin, num_classes)
+            aux[name] = AuxBranch(fork, nn.Sequential(*stages), cin, num_classes, neck=neck)
         self._set_branches(aux)
         init_weights(self)
 
@@ -210,9 +216,9 @@ class DHMResNet(DHMNet):
     def torchreid_name(self) -> str | None:
         # torchreid's resnet* builders use last stride 2; a stride-1 model's weights would
         # load there but give another (coarser) embedding.
-        return (
-            f"resnet{self.init_kwargs['depth']}" if self.init_kwargs["last_stride"] == 2 else None
-        )
+        if self.init_kwargs["last_stride"] != 2 or self.bnneck is not None:
+            return None
+        return f"resnet{self.init_kwargs['depth']}"
 
 
 def to_torchvision_state_dict(state: dict) -> dict:
