@@ -68,6 +68,16 @@ SETTINGS = {
     },
 }  # fmt: skip
 
+# BoT's recipe parts on top of the quickstart recipe (issue 12): BNNeck, batch-hard triplet on
+# P x K identity batches, random erasing, Adam, linear warm-up from 1 % of the lr over a tenth
+# of the epochs ("{W}"), evaluation on the post-BN feature with cosine distance.
+BOT = [
+    "model.neck=bnneck", "loss.triplet_weight=1.0", "loss.triplet_margin=0.3",
+    "data.sampler=identity", "data.num_instances=4",
+    "data.transforms=[random_flip, random_crop, random_erase]", "optim.name=adam",
+    "scheduler.warmup_epochs={W}", "scheduler.warmup_start=0.01", "test.feature=post_bn",
+    "test.normalize_feature=true",
+]  # fmt: skip
 # variant -> (re-ID overrides, classification overrides); "{E}" = a quarter of the epochs.
 _DHM = ("model.name=dhm_mobilenetv2", "model.name=dhm_cifar_resnet20")
 VARIANTS = {
@@ -83,6 +93,9 @@ VARIANTS = {
                    [_DHM[1], "loss.mode=dsl", "model.branch_style=mirror"]),
     "dhm-main": ([_DHM[0], "loss.mode=dhm", "loss.kl_teachers=main"],
                  [_DHM[1], "loss.mode=dhm", "loss.kl_teachers=main"]),
+    "bot-baseline": (["model.name=mobilenetv2", "loss.mode=baseline", *BOT], None),
+    "bot-dsl": ([_DHM[0], "loss.mode=dsl", *BOT], None),
+    "bot-dhm": ([_DHM[0], "loss.mode=dhm", *BOT], None),
 }  # fmt: skip
 DEFAULT_VARIANTS = ["baseline", "dsl", "dhm", "dhm-mirror", "dhm-klwarm"]
 
@@ -185,7 +198,7 @@ def markdown(summary: dict) -> str:
         task = SETTINGS[setting]["task"]
         metrics = ["mAP", "rank1", "mINP"] if task == "reid" else ["top1_err"]
         pairs = sorted({k for v in table.values() for k in v if k.startswith("grad/cos/")})
-        head = ["variant", "seeds", *metrics, "train acc (%)", "train time (s)"]
+        head = ["variant", "seeds", *metrics, "train acc (%)", "train time (s)", "s / epoch"]
         head += [p[len("grad/cos/") :] for p in pairs]
         lines += [f"### {setting}", "", "| " + " | ".join(head) + " |"]
         lines.append("|" + " --- |" * len(head))
@@ -194,6 +207,8 @@ def markdown(summary: dict) -> str:
             cells += [f"{s[m][0]:.1f} +- {s[m][1]:.1f}" if m in s else "-" for m in metrics]
             cells += [f"{s['train_acc'][0]:.1f}" if "train_acc" in s else "-"]
             cells += [f"{s['seconds'][0]:.0f}" if "seconds" in s else "-"]
+            per_epoch = s["seconds"][0] / SETTINGS[setting]["epochs"] if "seconds" in s else None
+            cells += [f"{per_epoch:.1f}" if per_epoch else "-"]
             cells += [f"{s[p][0]:.3f} +- {s[p][1]:.3f}" if p in s else "-" for p in pairs]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

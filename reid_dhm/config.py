@@ -23,7 +23,14 @@ import yaml
 from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 # Keys whose value may be None or of any type (their default gives no type to check).
-FREE_KEYS = {"model.branches", "model.pretrained", "loss.ce_weights", "output_dir", "data.root"}
+FREE_KEYS = {
+    "model.branches",
+    "model.pretrained",
+    "loss.ce_weights",
+    "output_dir",
+    "data.root",
+    "scheduler.warmup_start",
+}
 # Mappings whose inner keys are free-form (checked by the function that receives them).
 FREE_MAPPINGS = {"model.kwargs"}
 
@@ -37,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
         # paper: the paper's branch recipes; mirror: each aux branch a fresh copy of the
         # main path's stages after its fork (ResNets, MobileNetV2, CIFAR ResNets)
         "branch_style": "paper",
+        "neck": "none",  # none | bnneck (BatchNorm on each branch's embedding, BoT)
+        "last_stride": 2,  # ResNets: 1 keeps layer4 at /16 (BoT)
         "kwargs": {},
     },
     "data": {
@@ -65,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
         "kl_weight": 1.0,
         "kl_warmup_epochs": 0,  # KL weight ramps linearly from 0 over the first E epochs
         "kl_teachers": "all",  # all | deeper (all but the shallowest branch) | main
+        "triplet_weight": 0.0,  # batch-hard triplet on every branch's embedding (0 = off)
+        "triplet_margin": 0.3,
+        "triplet_soft": False,
         "ce_weights": None,
     },
     "branch_sampling": {"policy": "fixed", "p": 0.5, "seed": 0},
@@ -82,6 +94,9 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.1,
         "step_size": 30,
         "warmup_epochs": 0,
+        # lr factor of the first warm-up epoch, rising linearly to 1 (BoT: 0.01); null:
+        # 1 / (warmup_epochs + 1)
+        "warmup_start": None,
     },
     "train": {
         "max_epoch": 60,
@@ -109,6 +124,7 @@ DEFAULTS: dict[str, Any] = {
         "vis_queries": 6,
         "vis_topk": 8,
         "report": False,  # write the HTML evaluation report into <output_dir>/report
+        "feature": "pre_bn",  # with model.neck=bnneck: pre_bn | post_bn (BoT) is evaluated
     },
 }
 
@@ -212,6 +228,10 @@ TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
         "test.vis_queries",
         "test.vis_topk",
         "test.report",
+        "test.feature",
+        "loss.triplet_weight",
+        "loss.triplet_margin",
+        "loss.triplet_soft",
     ),
     "classification": ("data.limit", "data.test_limit", "train.sync_bn"),
 }
@@ -393,10 +413,12 @@ def resolve_config(
     chosen = [d for d in (dataset, cli_dataset) if d is not None]
     if len(set(chosen)) > 1:
         raise ConfigError(f"--dataset {dataset!r} conflicts with data.dataset={cli_dataset!r}")
-    if chosen and file_dataset and file_dataset != chosen[0]:
+    # --dataset against the file is a mistake worth stopping; an explicit data.dataset=...
+    # override is the documented way to run a recipe file on another data set.
+    if dataset is not None and file_dataset and file_dataset != dataset:
         raise ConfigError(
-            f"--dataset {chosen[0]!r} conflicts with data.dataset: {file_dataset!r} "
-            f"in {config_file}"
+            f"--dataset {dataset!r} conflicts with data.dataset: {file_dataset!r} "
+            f"in {config_file} (to run that file on {dataset!r}, add data.dataset={dataset})"
         )
     name = chosen[0] if chosen else file_dataset
     if name is not None and name not in PRESETS:
@@ -485,6 +507,7 @@ def _choices() -> dict[str, tuple]:
     from .engines.optim import OPTIMIZERS, SCHEDULERS
     from .losses import DIRECTIONS, MODES, POLICIES, TEACHERS
     from .models import BRANCH_STYLES
+    from .models.dhm import EVAL_FEATURES, NECKS
     from .retrieval import METRICS
 
     return {
@@ -499,6 +522,8 @@ def _choices() -> dict[str, tuple]:
         "train.amp": AMP_MODES,
         "train.nonfinite": ("stop", "skip"),
         "test.metric": METRICS,
+        "model.neck": NECKS,
+        "test.feature": EVAL_FEATURES,
     }
 
 
@@ -513,6 +538,9 @@ _RANGES = {
     "loss.kl_weight": (lambda v: v >= 0, ">= 0"),
     "data.norm_std": (lambda v: len(v) == 3 and all(x > 0 for x in v), "three numbers > 0"),
     "data.norm_mean": (lambda v: len(v) == 3, "three numbers"),
+    "loss.triplet_weight": (lambda v: v >= 0, ">= 0"),
+    "loss.triplet_margin": (lambda v: v >= 0, ">= 0"),
+    "scheduler.warmup_start": (lambda v: v is None or 0 < v <= 1, "null or in (0, 1]"),
 }
 
 
@@ -545,13 +573,54 @@ def check_choices_and_ranges(cfg: Mapping) -> None:
     name = cfg["model"]["name"]
     if name not in list_models():
         raise ConfigError(f"'model.name' must be one of {list_models()}, got {name!r}")
-    stride = getattr(_model_class(get_entry(name).builder), "input_stride", 1)
+    builder = get_entry(name).builder
+    for key, default in (("neck", "none"), ("last_stride", 2)):
+        value = cfg["model"][key]
+        if value != default and not _accepts(builder, key):
+            owners = "ResNets, MobileNetV2 and OSNet" if key == "neck" else "ResNets"
+            raise ConfigError(
+                f"'model.{key}' is {value!r}, but {name} has no {key} option ({owners} do)"
+            )
+    if cfg["model"]["last_stride"] not in (1, 2):
+        raise ConfigError(
+            f"'model.last_stride' must be 1 or 2, got {cfg['model']['last_stride']!r}"
+        )
+    if cfg["test"]["feature"] != "pre_bn" and cfg["model"]["neck"] != "bnneck":
+        raise ConfigError(
+            f"'test.feature' is {cfg['test']['feature']!r}, which needs model.neck=bnneck"
+        )
+    data = cfg["data"]
+    if cfg["loss"]["triplet_weight"] > 0 and data["sampler"] != "identity":
+        raise ConfigError(
+            f"'loss.triplet_weight' is {cfg['loss']['triplet_weight']}, but a triplet needs "
+            "batches of P identities x K images: set data.sampler=identity (and "
+            "data.num_instances=K)"
+        )
+    k = data["num_instances"]
+    if data["sampler"] == "identity" and data["batch_size"] % k:
+        near = max(k, data["batch_size"] // k * k)
+        raise ConfigError(
+            f"'data.batch_size' {data['batch_size']} is not P identities x K={k} images "
+            f"(data.num_instances): make it a multiple of {k}, e.g. {near}"
+        )
+    stride = getattr(_model_class(builder), "input_stride", 1)
     for key in ("data.height", "data.width"):
         if _get(cfg, key) < stride:
             raise ConfigError(
                 f"'{key}' is {_get(cfg, key)}, but {name} down-samples its input by {stride}: "
                 f"give data.height and data.width >= {stride}"
             )
+
+
+def _accepts(builder, keyword: str) -> bool:
+    """Whether a registry builder takes ``keyword`` (a bound partial argument counts)."""
+    import inspect
+
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return True
+    return keyword in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _model_class(builder):

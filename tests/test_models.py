@@ -222,7 +222,7 @@ def test_numpy_integer_class_count_is_accepted():
         (
             "dhm_mobilenetv2",
             dict(last_stride=1),
-            r"'last_stride'.*\['branches', 'width_mult', 'branch_style'\]",
+            r"'last_stride'.*\['branches', 'width_mult', 'branch_style', 'neck', 'eval_feature'\]",
         ),
     ],
 )
@@ -230,7 +230,9 @@ def test_unknown_model_keyword_is_a_value_error_listing_accepted_ones(name, kwar
     with pytest.raises(ValueError, match=match) as info:
         build_model(name, 3, **kwargs)
     if name == "dhm_resnet18":
-        assert "['branches', 'last_stride', 'branch_style']" in str(info.value)
+        assert "['branches', 'last_stride', 'branch_style', 'neck', 'eval_feature']" in str(
+            info.value
+        )
 
 
 def test_a_single_branch_name_string_is_refused():

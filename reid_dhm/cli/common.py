@@ -155,6 +155,12 @@ def model_kwargs(cfg: dict) -> dict:
     # WRN) keep building from configs that leave it alone.
     if m["branch_style"] != "paper":
         kwargs["branch_style"] = m["branch_style"]
+    if m["neck"] != "none":
+        kwargs["neck"] = m["neck"]
+    if m["last_stride"] != 2:
+        kwargs["last_stride"] = m["last_stride"]
+    if cfg["test"]["feature"] != "pre_bn":
+        kwargs["eval_feature"] = cfg["test"]["feature"]
     return kwargs
 
 
@@ -262,6 +268,9 @@ def build_criterion(cfg: dict):
         kl_weight=loss["kl_weight"],
         kl_warmup_epochs=loss["kl_warmup_epochs"],
         kl_teachers=loss["kl_teachers"],
+        triplet_weight=loss["triplet_weight"],
+        triplet_margin=loss["triplet_margin"],
+        triplet_soft=loss["triplet_soft"],
     )
 
 

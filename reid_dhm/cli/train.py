@@ -256,6 +256,8 @@ def _run_reid(cfg: dict, args, ckpt, info) -> dict:
     )
 
     model, model_name = model_for_run(cfg, args.resume, ckpt, manager.num_train_pids, "identities")
+    if model.bnneck is not None:  # test.feature may differ from the checkpoint's choice
+        model.set_eval_feature(cfg["test"]["feature"])
     model = model.to(info.device)
     criterion = build_criterion(cfg)
     sampler = build_branch_sampler(cfg, model.branch_names)

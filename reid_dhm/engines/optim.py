@@ -48,6 +48,7 @@ def check_schedule(
     step_size: int = 30,
     max_epoch: int = 60,
     warmup_epochs: int = 0,
+    warmup_start: float | None = None,
 ) -> None:
     """Validate :func:`build_scheduler`'s arguments; errors name the ``scheduler.*`` key.
 
@@ -66,6 +67,8 @@ def check_schedule(
         raise ValueError(f"scheduler.milestones must be epochs >= 1, got {list(milestones)!r}")
     if warmup_epochs < 0:
         raise ValueError(f"scheduler.warmup_epochs must be >= 0, got {warmup_epochs!r}")
+    if warmup_start is not None and not 0 < warmup_start <= 1:
+        raise ValueError(f"scheduler.warmup_start must be in (0, 1], got {warmup_start!r}")
     if warmup_epochs and warmup_epochs >= max_epoch >= 1:
         raise ValueError(
             f"scheduler.warmup_epochs={warmup_epochs} must be < train.max_epoch={max_epoch}: "
@@ -81,6 +84,7 @@ def build_scheduler(
     step_size: int = 30,
     max_epoch: int = 60,
     warmup_epochs: int = 0,
+    warmup_start: float | None = None,
     start_epoch: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A schedule stepped once per epoch (never per iteration; see DESIGN 3).
@@ -94,13 +98,17 @@ def build_scheduler(
         start_epoch: position the schedule at this epoch (resuming from weights
             without a saved scheduler state); a saved state is restored with
             ``load_state_dict`` instead.
+        warmup_start: the lr factor of the first warm-up epoch; it rises linearly to 1
+            at epoch ``warmup_epochs`` (BoT: 0.01). None: ``1 / (warmup_epochs + 1)``.
     """
-    check_schedule(name, milestones, gamma, step_size, max_epoch, warmup_epochs)
+    check_schedule(name, milestones, gamma, step_size, max_epoch, warmup_epochs, warmup_start)
     marks = sorted(int(m) for m in milestones)
+    start = 1.0 / (warmup_epochs + 1) if warmup_start is None else float(warmup_start)
 
     def factor(epoch: int) -> float:
         if warmup_epochs and epoch < warmup_epochs:
-            return (epoch + 1) / (warmup_epochs + 1)
+            # Linear from `start` (epoch 0) towards 1 (epoch warmup_epochs).
+            return start + (1.0 - start) * epoch / warmup_epochs
         if name == "multi_step":
             return gamma ** sum(epoch >= m for m in marks)
         if name == "step":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -72,6 +73,31 @@ class BlockShardSampler(Sampler[int]):
         return len(self.base) // (self.block * self.world) * self.block
 
 
+def warn_short_identities(items, num_instances: int) -> list[int]:
+    """Warn (once, naming them) about identities with fewer than K training images.
+
+    torchreid's identity sampler draws their K images with replacement, so the same
+    image appears twice in a batch; worth knowing, not an error.
+
+    Returns:
+        Their (relabelled) ids.
+    """
+    counts: dict[int, int] = {}
+    for item in items:
+        counts[item[1]] = counts.get(item[1], 0) + 1
+    short = sorted(pid for pid, n in counts.items() if n < num_instances)
+    if short and dist.is_main_process():
+        shown = ", ".join(f"{pid} ({counts[pid]})" for pid in short[:10])
+        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+        warnings.warn(
+            f"{len(short)} of {len(counts)} training identities have fewer than "
+            f"data.num_instances={num_instances} images (id (images): {shown}{more}); the "
+            "identity sampler draws their images with replacement to fill each group",
+            stacklevel=2,
+        )
+    return short
+
+
 def reid_train_loader(
     manager, batch_size: int, sampler: str = "random", num_instances: int = 4, seed: int = 0
 ):
@@ -94,6 +120,7 @@ def reid_train_loader(
                 f"the per-process batch {per_process} must be a multiple of num_instances "
                 f"{num_instances} so identity groups are not split between processes"
             )
+        warn_short_identities(dataset.train, num_instances)
         base = RandomIdentitySampler(dataset.train, batch_size, num_instances)
         chosen = BlockShardSampler(base, per_process, seed)
     else:

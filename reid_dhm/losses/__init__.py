@@ -1,7 +1,15 @@
 """The DHM loss and the per-epoch branch sampler."""
 
 from .branch_sampler import POLICIES, BranchSampler
-from .dhm_loss import DIRECTIONS, MODES, TEACHERS, DHMLoss, kl_mimic, mimicking_pairs
+from .dhm_loss import (
+    DIRECTIONS,
+    MODES,
+    TEACHERS,
+    DHMLoss,
+    batch_hard_triplet,
+    kl_mimic,
+    mimicking_pairs,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -10,6 +18,7 @@ __all__ = [
     "TEACHERS",
     "BranchSampler",
     "DHMLoss",
+    "batch_hard_triplet",
     "kl_mimic",
     "mimicking_pairs",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -82,6 +83,34 @@ def kl_mimic(teacher: Tensor, student: Tensor, temperature: float = 1.0) -> Tens
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
 
 
+def batch_hard_triplet(
+    features: Tensor, targets: Tensor, margin: float = 0.3, soft: bool = False
+) -> Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017) on one branch's embeddings.
+
+    For every anchor with at least one positive and one negative in the batch: the
+    Euclidean distance to its farthest positive ``d_ap`` and to its nearest negative
+    ``d_an``; the loss is ``mean(max(0, d_ap - d_an + margin))``, or with ``soft``
+    ``mean(log(1 + exp(d_ap - d_an)))``. Anchors without both are left out (0 when none
+    has both, still connected to the graph).
+
+    Args:
+        features: (B, D) embeddings; targets: (B,) identity labels.
+    """
+    sq = features.pow(2).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2.0 * features @ features.t()).clamp_min(1e-12).sqrt()
+    same = targets[:, None] == targets[None, :]
+    eye = torch.eye(len(targets), dtype=torch.bool, device=features.device)
+    pos, neg = same & ~eye, ~same
+    valid = pos.any(1) & neg.any(1)
+    if not bool(valid.any()):
+        return features.sum() * 0.0
+    d_ap = dist.masked_fill(~pos, float("-inf")).max(1).values[valid]
+    d_an = dist.masked_fill(~neg, float("inf")).min(1).values[valid]
+    gap = d_ap - d_an
+    return F.softplus(gap).mean() if soft else F.relu(gap + margin).mean()
+
+
 class DHMLoss(nn.Module):
     """DHM / deep-supervision / baseline objective over a model's per-branch logits.
 
@@ -101,6 +130,10 @@ class DHMLoss(nn.Module):
         kl_teachers: which branches act as teachers: ``'all'`` (the paper),
             ``'deeper'`` (all but the shallowest active branch) or ``'main'``;
             orthogonal to ``direction``.
+        triplet_weight: weight of a batch-hard triplet term on every active branch's
+            embedding (``tri/<branch>``, on the feature before a BNNeck); 0 = off.
+            Needs batches of P identities x K images (``data.sampler=identity``).
+        triplet_margin: its margin (0.3, BoT's); triplet_soft: soft-margin version.
 
     Call ``crit(output, targets, active=None)`` with ``output`` a ``BranchOutputs`` (or
     any mapping ``branch -> (B, K) logits`` in depth order) and ``targets`` (B,) class
@@ -121,6 +154,9 @@ class DHMLoss(nn.Module):
         kl_weight: float = 1.0,
         kl_warmup_epochs: int = 0,
         kl_teachers: str = "all",
+        triplet_weight: float = 0.0,
+        triplet_margin: float = 0.3,
+        triplet_soft: bool = False,
     ):
         super().__init__()
         self.mode = _choice(mode, MODES, "mode")
@@ -151,6 +187,13 @@ class DHMLoss(nn.Module):
         self.kl_weight = float(kl_weight)
         self.kl_warmup_epochs = kl_warmup_epochs
         self.epoch = 0
+        if triplet_weight < 0:
+            raise ValueError(f"triplet_weight must be >= 0, got {triplet_weight!r}")
+        if triplet_margin < 0:
+            raise ValueError(f"triplet_margin must be >= 0, got {triplet_margin!r}")
+        self.triplet_weight = float(triplet_weight)
+        self.triplet_margin = float(triplet_margin)
+        self.triplet_soft = bool(triplet_soft)
 
     def extra_repr(self) -> str:
         return (
@@ -214,6 +257,18 @@ class DHMLoss(nn.Module):
         for b in used:
             ce = F.cross_entropy(logits[b], targets, label_smoothing=self.label_smooth)
             terms.append((f"ce/{b}", b, self.ce_weights.get(b, 1.0), ce))
+        if self.triplet_weight > 0:
+            features = getattr(output, "features", None)
+            if not isinstance(features, Mapping):
+                raise ValueError(
+                    "the triplet term needs every branch's embedding: pass the model's "
+                    "BranchOutputs, not bare logits"
+                )
+            for b in used:
+                tri = batch_hard_triplet(
+                    features[b], targets, self.triplet_margin, self.triplet_soft
+                )
+                terms.append((f"tri/{b}", b, self.triplet_weight, tri))
         if self.mode == "dhm":
             mu = self.current_kl_weight
             for teacher, student in mimicking_pairs(used, self.direction, self.kl_teachers):
@@ -247,4 +302,12 @@ class DHMLoss(nn.Module):
         return out
 
 
-__all__ = ["DIRECTIONS", "MODES", "TEACHERS", "DHMLoss", "kl_mimic", "mimicking_pairs"]
+__all__ = [
+    "DIRECTIONS",
+    "MODES",
+    "TEACHERS",
+    "DHMLoss",
+    "batch_hard_triplet",
+    "kl_mimic",
+    "mimicking_pairs",
+]
