@@ -107,9 +107,13 @@ def run_one(setting: str, variant: str, seed: int, out: Path, threads: int, root
     if (run_dir / "results.json").is_file():
         return run_dir
     reid, cls = VARIANTS[variant]
+    chosen = reid if spec["task"] == "reid" else cls
+    if chosen is None:
+        print(f"  {variant} is a re-ID variant; skipped for {setting}", flush=True)
+        return run_dir
+    epochs = spec["epochs"]
     extra = [
-        a.replace("{E}", str(spec["epochs"] // 4))
-        for a in (reid if spec["task"] == "reid" else cls)
+        a.replace("{E}", str(epochs // 4)).replace("{W}", str(max(1, epochs // 10))) for a in chosen
     ]
     cmd = [sys.executable, str(TRAIN), *spec["args"], "--output-dir", str(run_dir),
            f"train.seed={seed}", *extra]  # fmt: skip
