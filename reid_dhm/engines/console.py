@@ -6,16 +6,18 @@ from collections.abc import Mapping
 
 
 def epoch_terms(record: Mapping, digits: int = 3) -> str:
-    """``loss``, each ``ce/<branch>``, the KL total and each branch's accuracy, compactly.
+    """``loss``, each ``ce/<branch>``, the KL and triplet totals and each branch's
+    accuracy, compactly.
 
     The pairwise ``kl/<t>-><s>`` terms (six with two aux branches) would crowd the line;
-    their sum stands for them here as ``kl``, while TensorBoard and the history keep
-    every term.
+    their sum stands for them here as ``kl`` (``tri`` for the ``tri/<branch>`` terms),
+    while TensorBoard and the history keep every term.
     """
     parts = [f"{k} {v:.{digits}f}" for k, v in record.items() if k.startswith(("loss", "ce/"))]
-    kl = [v for k, v in record.items() if k.startswith("kl/")]
-    if kl:
-        parts.append(f"kl {sum(kl):.{digits}f}")
+    for prefix in ("kl", "tri"):
+        values = [v for k, v in record.items() if k.startswith(prefix + "/")]
+        if values:
+            parts.append(f"{prefix} {sum(values):.{digits}f}")
     parts += [f"{k} {v:.1f}" for k, v in record.items() if k.startswith("acc/")]
     return "  ".join(parts)
 
