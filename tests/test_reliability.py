@@ -171,7 +171,7 @@ def test_truncated_images_are_all_reported_at_load_and_can_be_skipped(tiny_reid,
     root, cut = _copy_with_truncated(tiny_reid, tmp_path)
     assert train_tool.main(reid_args(root, tmp_path / "a", "train.max_epoch=1")) == 2
     err = capsys.readouterr().err.strip()
-    assert "2 unreadable image(s)" in err and all(name in err for name in cut)
+    assert "2 unreadable:" in err and all(name in err for name in cut)
     assert "truncated" in err and "data.skip_bad_images=true" in err and "\n" not in err
     with pytest.warns(UserWarning, match=r"leaving out 2 unreadable image\(s\)"):
         code = train_tool.main(

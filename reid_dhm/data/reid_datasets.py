@@ -141,8 +141,8 @@ def report_bad_images(bad: list[str], where: Path, skip: bool) -> None:
     if not skip:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ValueError(
-            f"{len(bad)} unreadable image(s) in {where}: {shown}. Replace or remove them, or "
-            "set data.skip_bad_images=true to leave them out"
+            f"cannot read image files in {where}: {len(bad)} unreadable: {shown}. Replace or "
+            "remove them, or set data.skip_bad_images=true to leave them out"
         )
     warnings.warn(
         f"leaving out {len(bad)} unreadable image(s) in {where} (data.skip_bad_images): "
