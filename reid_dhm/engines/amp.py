@@ -29,4 +29,15 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-__all__ = ["AMP_MODES", "autocast", "check_amp"]
+def backward_step(loss, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """``loss.backward()`` and one optimizer step, through the fp16 GradScaler if any."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+__all__ = ["AMP_MODES", "autocast", "backward_step", "check_amp"]

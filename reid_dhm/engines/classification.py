@@ -43,12 +43,19 @@ from ..utils.checkpoint import save_checkpoint, unwrap
 from ..utils.io import atomic_write_text
 from ..utils.rng import rng_state
 from . import distributed as dist
-from .amp import AMP_MODES, autocast, check_amp
+from .amp import AMP_MODES, autocast, backward_step, check_amp
 from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
 from .grad_monitor import PREFIX as MONITOR_PREFIX
 from .grad_monitor import GradientMonitor, monitor_history
-from .guards import NonFiniteGuard, TrainingDiverged, TrainingInterrupted
+from .guards import (
+    NonFiniteGuard,
+    TrainingDiverged,
+    TrainingInterrupted,
+    agreed_loss,
+    restore_buffers,
+    snapshot_buffers,
+)
 from .plots import plot_training_curves
 
 CHECKPOINT = "checkpoint.pth"
@@ -266,34 +273,23 @@ class ClassificationEngine:
                     it = epoch * (total or 0) + step + 1
                     for key, value in monitored.items():
                         self.writer.add_scalar(f"Monitor/{key[len(MONITOR_PREFIX) :]}", value, it)
-            saved = [b.detach().clone() for b in self.bare.buffers()] if skip else None
+            saved = snapshot_buffers(self.bare) if skip else None
             with autocast(self.amp, self.device):
                 output = self.model(images)
             # The loss in float32 whatever the autocast dtype (log-softmax, KL).
             logits = OrderedDict((b, z.float()) for b, z in output.logits.items())
             losses = self.criterion(logits, targets, active=active)
             self.optimizer.zero_grad(set_to_none=True)
-            if skip:
-                value = float(losses["loss"].detach())
-                if dist.world_size() > 1:  # every rank takes the same decision
-                    bad = dist.all_reduce_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0]))
-                    value = float("nan") if float(bad[0]) else value
+            if skip:  # every rank takes the same decision
+                value = agreed_loss(float(losses["loss"].detach()))
                 if not self.guard.allow_step(value, epoch + 1, step + 1, lr):
-                    with torch.no_grad():  # undo what the forward did to BN statistics
-                        for buf, old in zip(self.bare.buffers(), saved):
-                            buf.copy_(old)
+                    restore_buffers(self.bare, saved)  # what the forward did to BN statistics
                     self._check_stop(epoch, step)
                     continue
             else:
                 finite = torch.isfinite(losses["loss"].detach())
                 first_bad = torch.where((first_bad < 0) & ~finite, step + 1, first_bad)
-            if self.scaler is not None:
-                self.scaler.scale(losses["loss"]).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                losses["loss"].backward()
-                self.optimizer.step()
+            backward_step(losses["loss"], self.optimizer, self.scaler)
             n = targets.shape[0]
             count += n
             # Sums stay on the device (no per-iteration host sync); ranks add them up later.

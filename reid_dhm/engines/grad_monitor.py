@@ -33,6 +33,7 @@ from ..losses import DHMLoss
 from ..models import BranchOutputs
 from ..utils.checkpoint import unwrap
 from ..utils.checks import check_int
+from .guards import restore_buffers, snapshot_buffers
 
 PREFIX = "grad/"
 
@@ -106,7 +107,7 @@ class GradientMonitor:
         if not stage_params:
             return {}
         names = bare.branch_names if active is None else tuple(active)
-        saved = [b.detach().clone() for b in bare.buffers()]
+        saved = snapshot_buffers(bare)
         try:
             with autocast or contextlib.nullcontext():
                 output = bare.forward_branches(images, names)
@@ -132,9 +133,7 @@ class GradientMonitor:
                         for p, g in zip(stage_params[s], it)
                     ]
         finally:
-            with torch.no_grad():
-                for buf, old in zip(bare.buffers(), saved):
-                    buf.copy_(old)
+            restore_buffers(bare, saved)
         values = self.statistics(grads)
         for key, value in values.items():
             if math.isfinite(value):

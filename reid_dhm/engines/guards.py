@@ -49,6 +49,32 @@ class EvaluationFailed(Exception):
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+def snapshot_buffers(module) -> list:
+    """Copies of a module's buffers (BatchNorm statistics), for :func:`restore_buffers`."""
+    return [b.detach().clone() for b in module.buffers()]
+
+
+def restore_buffers(module, saved: list) -> None:
+    """Put back what ``snapshot_buffers`` copied (undoing a forward pass's BN updates)."""
+    import torch
+
+    with torch.no_grad():
+        for buf, old in zip(module.buffers(), saved):
+            buf.copy_(old)
+
+
+def agreed_loss(value: float) -> float:
+    """The loss value every process acts on: NaN on all ranks if it is not finite on one."""
+    from . import distributed as dist
+
+    if dist.world_size() == 1:
+        return value
+    import torch
+
+    bad = dist.all_reduce_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0]))
+    return float("nan") if float(bad[0]) else value
+
+
 class NonFiniteGuard:
     """Decides what happens to an iteration whose loss is not finite.
 
@@ -110,6 +136,9 @@ class NonFiniteGuard:
 
 __all__ = [
     "NONFINITE_POLICIES",
+    "agreed_loss",
+    "restore_buffers",
+    "snapshot_buffers",
     "EvaluationFailed",
     "NonFiniteGuard",
     "TrainingDiverged",

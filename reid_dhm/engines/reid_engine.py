@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import sys
 import time
 from collections import OrderedDict
@@ -44,12 +43,20 @@ from ..retrieval.distance import DistanceBlocks
 from ..utils.checkpoint import save_checkpoint, unwrap
 from ..utils.rng import rng_state
 from . import distributed as dist
-from .amp import autocast, check_amp
+from .amp import autocast, backward_step, check_amp
 from .console import epoch_terms, progress_line
 from .freezing import set_backbone_frozen
 from .grad_monitor import PREFIX as MONITOR_PREFIX
 from .grad_monitor import GradientMonitor
-from .guards import EvaluationFailed, NonFiniteGuard, TrainingDiverged, TrainingInterrupted
+from .guards import (
+    EvaluationFailed,
+    NonFiniteGuard,
+    TrainingDiverged,
+    TrainingInterrupted,
+    agreed_loss,
+    restore_buffers,
+    snapshot_buffers,
+)
 from .plots import plot_ranked_results, plot_training_curves
 from .reid_loaders import sharded_eval_loader
 
@@ -150,9 +157,7 @@ class DHMReIDEngine(ImageSoftmaxEngine):
             monitored = self.monitor.measure(imgs, pids, self.active)
         bare = unwrap(self.model)
         # Skipping a batch must also undo what its forward pass did to BN statistics.
-        saved = (
-            [b.detach().clone() for b in bare.buffers()] if self.guard.policy == "skip" else None
-        )
+        saved = snapshot_buffers(bare) if self.guard.policy == "skip" else None
         with autocast(self.amp, self.device):
             output = self.model(imgs)
         if self.amp != "none":  # the loss in float32 whatever the autocast dtype
@@ -164,24 +169,13 @@ class DHMReIDEngine(ImageSoftmaxEngine):
         self.optimizer.zero_grad(set_to_none=True)
         # The console line reads every term anyway: this is today's one sync an iteration.
         summary = {k: float(v.detach()) for k, v in losses.items()}
-        value = summary["loss"]
-        if dist.world_size() > 1:  # every rank takes the same decision
-            bad = dist.all_reduce_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0]))
-            value = float("nan") if float(bad[0]) else value
+        value = agreed_loss(summary["loss"])  # every rank takes the same decision
         if not self.guard.allow_step(
             value, self.epoch + 1, self.batch_idx + 1, self.get_current_lr()
         ):
-            with torch.no_grad():
-                for buf, old in zip(bare.buffers(), saved):
-                    buf.copy_(old)
+            restore_buffers(bare, saved)
             return None
-        if self.scaler is not None:
-            self.scaler.scale(losses["loss"]).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            losses["loss"].backward()
-            self.optimizer.step()
+        backward_step(losses["loss"], self.optimizer, self.scaler)
         for branch, logits in output.logits.items():
             acc = (logits.detach().argmax(1) == pids).float().mean()
             summary[f"acc/{branch}"] = 100.0 * float(acc)
