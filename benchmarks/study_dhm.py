@@ -202,13 +202,15 @@ def markdown(summary: dict) -> str:
         task = SETTINGS[setting]["task"]
         metrics = ["mAP", "rank1", "mINP"] if task == "reid" else ["top1_err"]
         pairs = sorted({k for v in table.values() for k in v if k.startswith("grad/cos/")})
-        head = ["variant", "seeds", *metrics, "train acc (%)", "train time (s)", "s / epoch"]
+        head = ["variant", "seeds", *metrics, f"{metrics[0]} per seed", "train acc (%)"]
+        head += ["train time (s)", "s / epoch"]
         head += [p[len("grad/cos/") :] for p in pairs]
         lines += [f"### {setting}", "", "| " + " | ".join(head) + " |"]
         lines.append("|" + " --- |" * len(head))
         for variant, s in table.items():
             cells = [variant, str(s["seeds"])]
             cells += [f"{s[m][0]:.1f} +- {s[m][1]:.1f}" if m in s else "-" for m in metrics]
+            cells += [", ".join(f"{r[metrics[0]]:.1f}" for r in s["per_seed"])]
             cells += [f"{s['train_acc'][0]:.1f}" if "train_acc" in s else "-"]
             cells += [f"{s['seconds'][0]:.0f}" if "seconds" in s else "-"]
             per_epoch = s["seconds"][0] / SETTINGS[setting]["epochs"] if "seconds" in s else None
