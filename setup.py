@@ -38,6 +38,8 @@ setup(
         # faiss-gpu's wheel also runs CPU indexes on machines without a GPU.
         "faiss-gpu==1.15.1",
         "pyyaml",
+        # the config schema (reid_dhm/config/schema.py): typed sections, ranges, closed keys
+        "pydantic>=2.14,<3",
         "tqdm",
         "matplotlib",
     ],

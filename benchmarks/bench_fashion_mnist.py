@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Baseline vs DSL vs DHM on real Fashion-MNIST with a CIFAR-style ResNet-20, several seeds.
 
-Every method runs through ``tools/train.py --dataset fashion-mnist --seeds N`` with
-the same budget (training subset, epochs, batch, SGD, warm-up + step schedule); only
-the model's branch set and the loss mode differ:
+Every method runs ``reid_dhm.runs.train_seeds`` in this process (what ``reid-dhm train
+--dataset fashion-mnist --seeds N`` runs) with the same budget (training subset, epochs,
+batch, SGD, warm-up + step schedule); only the model's branch set and the loss mode differ:
 
 * baseline: ``cifar_resnet20`` (no auxiliary branch), CE on the main branch;
 * DSL: ``dhm_cifar_resnet20``, CE on main + aux1 + aux2;
@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = {
-    "baseline": ["--model", "cifar_resnet20", "loss.mode=baseline"],
-    "dsl": ["--model", "dhm_cifar_resnet20", "loss.mode=dsl"],
-    "dhm": ["--model", "dhm_cifar_resnet20", "loss.mode=dhm"],
+    "baseline": ["model.name=cifar_resnet20", "loss.mode=baseline"],
+    "dsl": ["model.name=dhm_cifar_resnet20", "loss.mode=dsl"],
+    "dhm": ["model.name=dhm_cifar_resnet20", "loss.mode=dhm"],
 }
 
 
@@ -58,7 +58,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from reid_dhm.cli import train as train_tool
+    from reid_dhm.config import ConfigError, resolve_config
+    from reid_dhm.runs.errors import RunStopped, UsageError, error_line
+    from reid_dhm.runs.folders import keep_earlier_run
+    from reid_dhm.runs.seeds import train_seeds
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
     # Linear warm-up, then the peak lr, and x0.1 for the last epoch: a per-epoch cosine
     # over so few epochs would end at half the peak lr (noisy final weights).
     common = [
-        "--root", args.root,
+        f"data.root={args.root}",
         f"data.limit={args.limit}", "data.workers=0",  # 2 cores: loading in-line
         f"data.batch_size={args.batch_size}",
         f"train.max_epoch={args.epochs}", "train.eval_freq=0", "train.seed=1",
@@ -79,14 +82,14 @@ def main(argv=None) -> int:
     summary = {}
     for method in args.methods:
         start = time.time()
-        code = train_tool.main(
-            ["--dataset", "fashion-mnist", "--output-dir", str(out / method),
-             "--seeds", str(args.seeds), *common, *METHODS[method]]
-        )  # fmt: skip
-        if code != 0:
-            print(f"{method}: tools/train.py exited with {code}", file=sys.stderr)
-            return code
-        seeds = json.loads((out / method / "seeds.json").read_text())
+        try:
+            cfg = resolve_config("fashion-mnist", None, [*METHODS[method], *common])
+            cfg["output_dir"] = str(out / method)
+            keep_earlier_run(out / method, None, False)  # as reid-dhm train does
+            seeds = train_seeds(cfg, args.seeds)  # also writes seeds.json
+        except (ConfigError, UsageError, ValueError, FileNotFoundError, RunStopped) as err:
+            print(f"{method}: error: {error_line(err)}", file=sys.stderr)
+            return getattr(err, "code", 2)
         summary[method] = {
             "top1_err": seeds["top1_err"],
             "top5_err": seeds["top5_err"],

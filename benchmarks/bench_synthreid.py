@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Baseline vs DSL vs DHM on synthreid at the same training budget, plus a hand-crafted floor.
 
-Every method trains with the quickstart recipe (``tools/train.py --dataset
-synthreid``: MobileNetV2 from scratch at 128x64, same epochs, optimizer and
-schedule); baseline uses the plain ``mobilenetv2``, DSL and DHM ``dhm_mobilenetv2``.
+Every method trains with the quickstart recipe (``reid-dhm train --dataset synthreid``:
+MobileNetV2 from scratch at 128x64, same epochs, optimizer and schedule), run in this
+process through ``reid_dhm.runs.train``; baseline uses the plain ``mobilenetv2``, DSL
+and DHM ``dhm_mobilenetv2``.
 A colour-histogram nearest-neighbour baseline shows what colour statistics alone
 achieve on the same query/gallery split.
 
@@ -13,16 +14,14 @@ achieve on the same query/gallery split.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
     "baseline": ["model.name=mobilenetv2", "loss.mode=baseline"],
     "dsl": ["model.name=dhm_mobilenetv2", "loss.mode=dsl"],
@@ -46,6 +45,19 @@ def colour_histogram_floor(root: Path) -> dict:
     return {"mAP": res["mAP"], "rank1": float(res["cmc"][0]), "mINP": res["mINP"]}
 
 
+def train_quietly(overrides: list[str], run_dir: Path) -> dict:
+    """One quickstart run in this process (its console output discarded); results.json."""
+    from reid_dhm.config import resolve_config
+    from reid_dhm.runs import train
+    from reid_dhm.runs.folders import keep_earlier_run
+
+    cfg = resolve_config("synthreid", None, overrides)
+    cfg["output_dir"] = str(run_dir)
+    keep_earlier_run(run_dir, None, False)  # as reid-dhm train: an earlier run is kept aside
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        return train(cfg).results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
@@ -58,14 +70,9 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for method, extra in METHODS.items():
             run_dir = out / f"{method}-seed{seed}"
-            cmd = [
-                sys.executable, str(ROOT / "tools" / "train.py"), "--dataset", "synthreid",
-                "--root", args.root, "--output-dir", str(run_dir), f"train.seed={seed}",
-                *extra, *args.overrides,
-            ]  # fmt: skip
-            print("$", " ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            res = json.loads((run_dir / "results.json").read_text())["synthreid"]["main"]
+            overrides = [f"train.seed={seed}", *extra, *args.overrides, f"data.root={args.root}"]
+            print(f"$ train synthreid -> {run_dir}:", " ".join(overrides), flush=True)
+            res = train_quietly(overrides, run_dir)["synthreid"]["main"]
             table[method].append(res)
             print(
                 f"  {method} seed {seed}: mAP {100 * res['mAP']:.1f}  R1 {100 * res['rank1']:.1f}"

@@ -9,8 +9,10 @@ Checks (each PASS / FAIL with its numbers):
 1. ``evaluate`` on CUDA vs CPU: identical mAP / mINP / CMC on a 2,000 x 20,000 problem;
 2. ``GalleryIndex`` (flat, ivf) with faiss on the GPU vs the CPU: the same neighbours;
 3. ``FeatureExtractor`` on CUDA vs CPU: the same embeddings (cosine);
-4. one synthreid training epoch on CUDA with AMP (``train.amp=bf16`` and ``fp16``);
-5. one DDP step through ``torchrun --nproc_per_node 1`` on the NCCL backend.
+4. one synthreid training epoch on CUDA with AMP (``train.amp=bf16`` and ``fp16``), in
+   this process through ``reid_dhm.runs.train``;
+5. one DDP step through ``torchrun --nproc_per_node 1`` on the NCCL backend (a
+   subprocess: launching through torchrun is what it checks).
 
 On a machine without CUDA it says so and exits 0 (nothing to check). Results go to
 docs/BENCHMARKS.md by hand, with the date and the GPU's name.
@@ -19,6 +21,8 @@ docs/BENCHMARKS.md by hand, with the date and the GPU's name.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -110,12 +114,18 @@ def extractor_cuda_vs_cpu():
 
 
 def train_once(work: Path, name: str, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "reid_dhm", "train", "--dataset", "synthreid", "--root",
-           str(work / "data"), "--output-dir", str(work / name), "train.max_epoch=1",
-           "train.device=cuda", "test.vis_queries=0", *extra]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads((work / name / "results.json").read_text())["synthreid"]["main"]
+    """One synthreid epoch on CUDA, in this process; the main branch's metrics."""
+    from reid_dhm.config import resolve_config
+    from reid_dhm.runs import train
+
+    overrides = ["train.max_epoch=1", "train.device=cuda", "test.vis_queries=0", *extra]
+    cfg = resolve_config("synthreid", None, [*overrides, f"data.root={work / 'data'}"])
+    cfg["output_dir"] = str(work / name)
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's console lines
+        result = train(cfg)
+    written = json.loads((work / name / "results.json").read_text())
+    assert written == result.results, "results.json differs from the RunResult"
+    return result.results["synthreid"]["main"]
 
 
 @check("re-ID epoch on CUDA, AMP bf16 and fp16")
@@ -130,6 +140,7 @@ def amp_epochs(work: Path):
 
 @check("DDP on NCCL, torchrun --nproc_per_node 1")
 def ddp_nccl(work: Path):
+    # A subprocess on purpose: torchrun's launch and the NCCL process group are the check.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m",
            "reid_dhm", "train", "--dataset", "synthreid", "--root", str(work / "data"),
            "--output-dir", str(work / "ddp"), "train.max_epoch=1", "train.device=cuda",

@@ -29,7 +29,8 @@ def agreement(run: Path, batches: int, root: str | None) -> dict:
     from reid_dhm import DHMLoss
     from reid_dhm.data.reid_manager import build_reid_datamanager
     from reid_dhm.engines.grad_monitor import GradientMonitor
-    from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from reid_dhm.models.checkpoint import model_from_checkpoint
+    from reid_dhm.utils.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "checkpoint.pth")
     cfg = ckpt["config"]

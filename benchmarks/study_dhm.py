@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Why and when DHM helps: baseline, DSL, DHM and DHM variants over several seeds.
 
-Every run goes through ``tools/train.py`` (a subprocess each) with the same budget
-per setting; only the model's branches and the loss change. The gradient monitor
-runs in every run (``train.grad_monitor_every``), so the table also shows how
-the branches' gradients on the shared stem agree, pair by pair.
+Every run goes through ``tools/train.py`` in a process of its own (see ``run_one``: a
+clean process per trial, on purpose) with the same budget per setting; only the model's
+branches and the loss change. The gradient monitor runs in every run
+(``train.grad_monitor_every``), so the table also shows how the branches' gradients on
+the shared stem agree, pair by pair.
 
 Settings:
 
@@ -119,6 +120,11 @@ def run_one(setting: str, variant: str, seed: int, out: Path, threads: int, root
            f"train.seed={seed}", *extra]  # fmt: skip
     if spec["task"] == "reid":
         cmd.append(f"data.root={root}")
+    # A subprocess on purpose, not ``reid_dhm.runs.train`` in this process: every trial
+    # starts clean (OMP_NUM_THREADS set before torch loads, no allocator or thread-pool
+    # state from the previous run, so the per-epoch times compared across variants are
+    # like for like), a run that dies (OOM kill, a crash in a loader worker) is reported
+    # and the hours-long study goes on, and each run's log holds all of its output.
     env = dict(os.environ)
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -108,7 +108,8 @@ def run(args) -> dict:
 
     from reid_dhm.data.preprocessing import Preprocessing
     from reid_dhm.export import export_boxmot
-    from reid_dhm.utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from reid_dhm.models.checkpoint import model_from_checkpoint
+    from reid_dhm.utils.checkpoint import load_checkpoint
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .models import DHMNet
 from .utils.checkpoint import unwrap
 from .utils.io import atomic_path, atomic_write, atomic_write_text
@@ -133,26 +134,12 @@ def export_onnx(
             verbose=False,
         )
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        worst = 0.0
-        for b in check_batches:
-            x = torch.rand(b, 3, h, w, generator=gen)
-            if normalize is None or input_normalization is not None:
-                x = (x - 0.45) / 0.225  # roughly what normalised images look like
-            with torch.no_grad():
-                ref = net(x).numpy()
-            got = session.run(["embeddings"], {"images": x.numpy()})[0]
-            if got.shape != ref.shape:
-                raise ValueError(
-                    f"ONNX output shape {got.shape} != PyTorch {ref.shape} (batch {b})"
-                )
-            diff = np.abs(got - ref)
-            worst = max(worst, float(diff.max()))
-            if not np.all(diff <= atol + rtol * np.abs(ref)):
-                raise ValueError(
-                    f"the ONNX export differs from PyTorch: max |diff| {diff.max():.3g} at batch "
-                    f"{b} (allowed {atol:g} + {rtol:g} |x|); {path} was not written"
-                )
-        dim = int(ref.shape[1])
+        # Unit-range input when the graph takes RGB in [0, 1], else roughly what
+        # normalised images look like.
+        unit = normalize is not None and input_normalization is None
+        worst, dim = _compare_with_torch(
+            session, net, (h, w), check_batches, gen, unit, (atol, rtol), path
+        )
     return {
         "path": str(path),
         "max_abs_diff": worst,
@@ -164,17 +151,42 @@ def export_onnx(
         "normalization_baked_in": normalize is not None,
         # What the graph's input must be: RGB in [0, 1], or RGB normalised by (mean, std).
         "input_normalization": (
-            "rgb in [0, 1]"
-            if normalize is not None and input_normalization is None
-            else _as_pairs(input_normalization or normalize)
+            "rgb in [0, 1]" if unit else _as_pairs(input_normalization or normalize)
         ),
     }
 
 
+def _compare_with_torch(session, net, size, batches, gen, unit: bool, tol, path) -> tuple:
+    """(max |ONNX Runtime - PyTorch|, embedding dim) over ``batches`` random inputs.
+
+    Raises ``ValueError`` (naming ``path``, which is then not written) when a shape
+    differs or an element is off by more than ``atol + rtol |torch|``.
+    """
+    atol, rtol = tol
+    worst = 0.0
+    for b in batches:
+        x = torch.rand(b, 3, *size, generator=gen)
+        if not unit:
+            x = (x - 0.45) / 0.225
+        with torch.no_grad():
+            ref = net(x).numpy()
+        got = session.run(["embeddings"], {"images": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise ValueError(f"ONNX output shape {got.shape} != PyTorch {ref.shape} (batch {b})")
+        diff = np.abs(got - ref)
+        worst = max(worst, float(diff.max()))
+        if not np.all(diff <= atol + rtol * np.abs(ref)):
+            raise ValueError(
+                f"the ONNX export differs from PyTorch: max |diff| {diff.max():.3g} at batch "
+                f"{b} (allowed {atol:g} + {rtol:g} |x|); {path} was not written"
+            )
+    return worst, int(ref.shape[1])
+
+
 # BoxMOT's fixed crop preprocessing (boxmot.reid.core.crops): BGR crop -> cv2.resize to the
 # input size -> RGB -> / 255 -> ImageNet mean / std; embeddings L2-normalised.
-BOXMOT_MEAN = (0.485, 0.456, 0.406)
-BOXMOT_STD = (0.229, 0.224, 0.225)
+BOXMOT_MEAN = IMAGENET_MEAN
+BOXMOT_STD = IMAGENET_STD
 
 
 def boxmot_paths(output: str | os.PathLike) -> tuple[Path, Path]:

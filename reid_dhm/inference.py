@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from .data.preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, Preprocessing, read_image
 from .models import MAIN, DHMNet
-from .utils.checkpoint import load_checkpoint, model_from_checkpoint, unwrap
+from .models.checkpoint import model_from_checkpoint
+from .utils.checkpoint import load_checkpoint, unwrap
 from .utils.device import resolve_device
 
 

@@ -98,18 +98,74 @@ def make_cifar10_folder():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_reid, tmp_path_factory):
-    """A 1-epoch DHM-MobileNetV2 checkpoint trained on ``tiny_reid`` through tools/train.py."""
-    from reid_dhm.cli import train as train_tool
-
+    """A 1-epoch DHM-MobileNetV2 checkpoint trained on ``tiny_reid`` (``reid_dhm.runs.train``)."""
     out = tmp_path_factory.mktemp("tiny-run")
-    argv = [
-        "--dataset", "folder", "--root", str(tiny_reid), "--output-dir", str(out),
-        "model.name=dhm_mobilenetv2", "model.pretrained=false", "data.height=64",
-        "data.width=32", "data.batch_size=8", "data.workers=0", "train.max_epoch=1",
-        "train.fixbase_epoch=0", "test.vis_queries=0",
+    overrides = [
+        f"data.root={tiny_reid}", "model.name=dhm_mobilenetv2", "model.pretrained=false",
+        "data.height=64", "data.width=32", "data.batch_size=8", "data.workers=0",
+        "train.max_epoch=1", "train.fixbase_epoch=0", "test.vis_queries=0",
     ]  # fmt: skip
-    assert train_tool.main(argv) == 0
+    run_training("folder", overrides, out)
     return out / "checkpoint.pth"
+
+
+def run_config(
+    dataset, overrides=(), output_dir=None, *, config=None, resume=None, eval_only=False
+):
+    """The resolved config ``reid-dhm train`` would run, without the command line.
+
+    Args:
+        dataset: the data set (``--dataset``); None when ``config`` or ``resume`` names it.
+        overrides: ``KEY=VALUE`` strings (the data root is ``data.root=...``).
+        output_dir: the run folder; by default, with ``resume``, the checkpoint's folder
+            (its ``eval/`` folder when ``eval_only``), as the command line chooses.
+        config: a recipe file (``--config``).
+        resume: a checkpoint file whose stored config replaces defaults and preset.
+        eval_only: the run only evaluates (``resume``'s weights).
+
+    Returns:
+        (the config with ``output_dir`` set, the loaded checkpoint or None).
+    """
+    from pathlib import Path
+
+    from reid_dhm.config import resolve_config
+    from reid_dhm.utils.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    cfg = resolve_config(
+        dataset,
+        config,
+        list(overrides),
+        resumed=ckpt.get("config") if ckpt is not None else None,
+        resumed_from=str(resume),
+        training=not eval_only,
+    )
+    if output_dir is None:
+        if resume is None:
+            raise ValueError("run_config needs an output_dir (or resume)")
+        output_dir = Path(resume).parent / ("eval" if eval_only else "")
+    cfg["output_dir"] = str(output_dir)
+    return cfg, ckpt
+
+
+def run_training(
+    dataset, overrides=(), output_dir=None, *, config=None, resume=None, eval_only=False
+):
+    """A training (or evaluation-only) run as a library call: ``reid_dhm.runs.train``.
+
+    For tests whose point is the run, not the command line: no argument parsing, no
+    ``--resume auto`` discovery, no earlier-run folder kept aside, no exit status (a stop
+    or a user mistake is the exception itself). Arguments as :func:`run_config`.
+
+    Returns:
+        The ``RunResult`` (output folder, results.json content, history, evaluation, model).
+    """
+    from reid_dhm.runs import train
+
+    cfg, ckpt = run_config(
+        dataset, overrides, output_dir, config=config, resume=resume, eval_only=eval_only
+    )
+    return train(cfg, checkpoint=ckpt, eval_only=eval_only)
 
 
 def require_system(path, package: str) -> None:

@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from reid_dhm import BranchSampler, DHMLoss  # noqa: E402
 from reid_dhm.engines import distributed as dist  # noqa: E402
-from reid_dhm.engines.classification import ClassificationEngine  # noqa: E402
+from reid_dhm.engines.classification import ClassificationTask  # noqa: E402
 from reid_dhm.engines.optim import build_optimizer, build_scheduler  # noqa: E402
+from reid_dhm.engines.trainer import Trainer  # noqa: E402
 from reid_dhm.models.dhm import AuxBranch, DHMNet  # noqa: E402
 
 GLOBAL_BATCH = 16
@@ -76,19 +77,13 @@ def main(out: str) -> None:
     test_loader = DataLoader(test_set, batch_size=4, sampler=dist.eval_sampler(test_set))
     optimizer = build_optimizer(model, "sgd", lr=0.2, weight_decay=1e-4, momentum=0.9)
     scheduler = build_scheduler(optimizer, "multi_step", milestones=[2], max_epoch=3)
-    engine = ClassificationEngine(
-        wrapped,
-        DHMLoss("dhm"),
-        optimizer,
-        scheduler,
-        train_loader=train_loader,
-        test_loader=test_loader,
-        max_epoch=3,
+    task = ClassificationTask(train_loader, test_loader, per_branch=True)
+    engine = Trainer(
+        task, wrapped, DHMLoss("dhm"), optimizer, scheduler, max_epoch=3, eval_freq=1,
         branch_sampler=BranchSampler(model.branch_names),
-        per_branch=True,
-        log=lambda line: None,
-    )
-    results = engine.run()
+    )  # fmt: skip
+    engine.train()
+    results = task.results(engine)
     # Features of each rank's evaluation shard, gathered back into data-set order.
     model.eval()
     with torch.no_grad():

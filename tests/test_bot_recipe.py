@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_training
 from torchreid.reid import models as torchreid_models
 
 from reid_dhm import DHMLoss, build_model
-from reid_dhm.cli import train as train_tool
 from reid_dhm.config import ConfigError, resolve_config
 from reid_dhm.engines.optim import build_optimizer, build_scheduler
 from reid_dhm.losses import batch_hard_triplet
@@ -227,20 +227,20 @@ def test_presets_state_their_recipe(name):
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_new_preset_trains_one_epoch(name, tiny_reid, tmp_path):
     out = tmp_path / name
-    argv = [
-        "--config", str(CONFIGS / f"{name}.yaml"), "data.dataset=folder", "--root",
-        str(tiny_reid), "--output-dir", str(out), "model.pretrained=false", "data.height=64",
-        "data.width=32", "data.batch_size=8", "data.workers=0", "data.test_batch_size=16",
-        "train.max_epoch=1", "train.fixbase_epoch=0", "scheduler.warmup_epochs=0",
-        "test.vis_queries=0",
+    overrides = [
+        "data.dataset=folder", f"data.root={tiny_reid}", "model.pretrained=false",
+        "data.height=64", "data.width=32", "data.batch_size=8", "data.workers=0",
+        "data.test_batch_size=16", "train.max_epoch=1", "train.fixbase_epoch=0",
+        "scheduler.warmup_epochs=0", "test.vis_queries=0",
     ]  # fmt: skip
-    assert train_tool.main(argv) == 0
+    result = run_training(None, overrides, out, config=CONFIGS / f"{name}.yaml")
     history = torch.load(out / "checkpoint.pth", weights_only=True)["history"]
+    assert result.history == history
     if name.startswith("bot"):
         assert "tri/main" in history[0]
         assert ("tri/aux1" in history[0]) == (not name.endswith("baseline"))
     results = json.loads((out / "results.json").read_text())
-    assert 0 <= results["folder"]["main"]["mAP"] <= 1
+    assert 0 <= results["folder"]["main"]["mAP"] <= 1 and result.results == results
 
 
 def test_all_pairs_of_switches_build():  # neck x branch style x last stride, ResNet-18

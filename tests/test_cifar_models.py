@@ -8,9 +8,9 @@ from conftest import randomize_bn
 
 import reid_dhm
 from reid_dhm.models import BranchOutputs, build_model, count_parameters
-from reid_dhm.models.cifar_resnet import DHMCifarResNet
-from reid_dhm.models.densenet import DHMCifarDenseNet
-from reid_dhm.models.wrn import DHMWideResNet
+from reid_dhm.models.backbones.cifar_resnet import DHMCifarResNet
+from reid_dhm.models.backbones.densenet import DHMCifarDenseNet
+from reid_dhm.models.backbones.wrn import DHMWideResNet
 
 X = torch.randn(2, 3, 32, 32)
 

@@ -1,4 +1,9 @@
-"""Classification engine and CLI on a tiny CIFAR-10 folder in the real python-pickle layout."""
+"""Classification engine, runs and CLI on a tiny CIFAR-10 folder in the real pickle layout.
+
+Runs are library calls (``reid_dhm.runs.train`` / ``train_seeds``); the tests whose point
+is the command line (resume flags, ``--eval-only`` into ``eval/``, one-line errors and
+exit statuses) call ``reid-dhm train``'s ``main``.
+"""
 
 import json
 import math
@@ -9,19 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_config, run_training
 from torch.utils.data import DataLoader, TensorDataset
 
 from reid_dhm import BranchSampler, DHMLoss, build_model
 from reid_dhm.cli import train as train_tool  # noqa: E402
 from reid_dhm.data.classification import CIFAR10_MEAN, CIFAR10_STD, read_cifar
-from reid_dhm.engines.classification import (
-    ClassificationEngine,
-    TrainingDiverged,
-    check_amp,
-    topk_correct,
-)
+from reid_dhm.engines.amp import check_amp
+from reid_dhm.engines.classification import ClassificationTask, topk_correct
+from reid_dhm.engines.guards import TrainingDiverged
+from reid_dhm.engines.hooks import CheckpointHook, standard_hooks
 from reid_dhm.engines.optim import build_optimizer, build_scheduler, check_schedule
-from reid_dhm.utils.checkpoint import model_from_checkpoint
+from reid_dhm.engines.trainer import Trainer
+from reid_dhm.models.checkpoint import model_from_checkpoint
 
 TINY = [
     "data.batch_size=20",
@@ -32,8 +37,14 @@ TINY = [
 
 
 def run_train(root, out, *extra):
+    """``reid-dhm train`` (the command line) on a CIFAR-10 folder; its exit status."""
     argv = ["--dataset", "cifar10", "--root", str(root), "--output-dir", str(out)]
     return train_tool.main(argv + TINY + list(extra))
+
+
+def train_tiny(root, out, *extra):
+    """The same run as a library call; its ``RunResult``."""
+    return run_training("cifar10", [f"data.root={root}", *TINY, *extra], out)
 
 
 def rank_based_errors(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
@@ -70,11 +81,11 @@ def test_topk_correct_matches_a_rank_count(num_classes):
         assert counts[1] == 64  # top-5 of 3 classes always hits
 
 
-# --------------------------------------------------------------------- end to end (CLI)
+# --------------------------------------------------------------------------- end to end
 def test_two_epoch_run_writes_checkpoints_best_and_correct_errors(tiny_cifar10, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--model", "dhm_cifar_resnet20", "train.max_epoch=2", "test.per_branch=true"]
-    assert run_train(tiny_cifar10, out, *args) == 0
+    args = ["model.name=dhm_cifar_resnet20", "train.max_epoch=2", "test.per_branch=true"]
+    result = train_tiny(tiny_cifar10, out, *args)
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and "top1 err" in printed
     line = next(x for x in printed.splitlines() if x.startswith("epoch 2/2  "))
@@ -114,6 +125,10 @@ def test_two_epoch_run_writes_checkpoints_best_and_correct_errors(tiny_cifar10, 
     top1, _ = independent_eval(out / "best.pth", tiny_cifar10)
     assert top1 == pytest.approx(min(errors), abs=1e-9)
 
+    # The RunResult is what was written.
+    assert result.output_dir == out and result.results == results
+    assert result.history == history and result.evaluation == final
+
 
 def _files(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
@@ -121,8 +136,9 @@ def _files(folder):
 
 def test_resume_keeps_the_recipe_and_evaluations_write_apart(tiny_cifar10, tmp_path, capsys):
     out = tmp_path / "run"
-    first = ["--model", "dhm_cifar_resnet20", "loss.mode=dsl", "train.max_epoch=1"]
-    assert run_train(tiny_cifar10, out, *first) == 0
+    train_tiny(
+        tiny_cifar10, out, "model.name=dhm_cifar_resnet20", "loss.mode=dsl", "train.max_epoch=1"
+    )
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1
     capsys.readouterr()
     # Resumed without repeating the model or loss.mode=dsl: the checkpoint's recipe carries on.
@@ -156,11 +172,15 @@ def test_resume_keeps_the_recipe_and_evaluations_write_apart(tiny_cifar10, tmp_p
 
 
 def test_seeds_report_mean_and_std(tiny_cifar10, tmp_path, capsys):
+    from reid_dhm.runs.seeds import train_seeds
+
     out = tmp_path / "seeds"
-    args = ["--model", "cifar_resnet20", "loss.mode=baseline", "train.max_epoch=1"]
-    assert run_train(tiny_cifar10, out, *args, "--seeds", "2", "train.seed=7") == 0
+    args = ["model.name=cifar_resnet20", "loss.mode=baseline", "train.max_epoch=1"]
+    cfg, _ = run_config("cifar10", [f"data.root={tiny_cifar10}", *TINY, *args, "train.seed=7"], out)
+    returned = train_seeds(cfg, 2)
     assert "+-" in capsys.readouterr().out
     summary = json.loads((out / "seeds.json").read_text())
+    assert returned == summary
     assert [r["seed"] for r in summary["runs"]] == [7, 8]
     errors = []
     for i in range(2):
@@ -215,24 +235,27 @@ def test_seeds_is_refused_for_reid(tmp_path, capsys):
 
 # ------------------------------------------------------------------------ engine direct
 def _tiny_engine(
-    criterion=None, amp="none", model_name="dhm_cifar_resnet20", schedule=None, **kwargs
-):
+    criterion=None, amp="none", model_name="dhm_cifar_resnet20", schedule=None, max_epoch=1,
+    eval_freq=1, save_dir=None,
+):  # fmt: skip
+    """The shared training loop on the classification task, as a run builds it."""
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(12, 3, 16, 16, generator=g), torch.arange(12) % 4)
     model = build_model(model_name, 4)
     optimizer = build_optimizer(model, "sgd", lr=0.01, weight_decay=0.0, momentum=0.9)
-    return ClassificationEngine(
-        model,
-        criterion or DHMLoss("dhm"),
-        optimizer,
-        build_scheduler(optimizer, **(schedule or {"name": "constant"})),
-        train_loader=DataLoader(data, batch_size=6),
-        test_loader=DataLoader(data, batch_size=6),
-        branch_sampler=BranchSampler(model.branch_names),
-        amp=amp,
-        log=lambda line: None,
-        **kwargs,
+    task = ClassificationTask(
+        DataLoader(data, batch_size=6), DataLoader(data, batch_size=6), amp=amp
     )
+    hooks = standard_hooks(
+        save_dir=save_dir, model_name=model_name, config=None, is_main=True, tensorboard=False,
+        log=lambda line: None,
+    )  # fmt: skip
+    return Trainer(
+        task, model, criterion or DHMLoss("dhm"), optimizer,
+        build_scheduler(optimizer, **(schedule or {"name": "constant"})), max_epoch=max_epoch,
+        branch_sampler=BranchSampler(model.branch_names), amp=amp, eval_freq=eval_freq,
+        hooks=hooks,
+    )  # fmt: skip
 
 
 def test_bf16_autocast_on_cpu_trains():
@@ -244,7 +267,7 @@ def test_bf16_autocast_on_cpu_trains():
     record = engine.train_epoch(0)
     assert dtypes == {torch.bfloat16}  # the forward really ran under bf16 autocast
     assert np.isfinite(record["loss"]) and "kl/aux2->main" in record
-    table = engine.evaluate()
+    table = engine.task.evaluate(engine.model)
     assert table["main"]["num_images"] == 12
 
 
@@ -276,7 +299,8 @@ def test_non_finite_loss_stops_training_with_a_clear_error():
 
 def test_eval_freq_and_best_without_save_dir():
     engine = _tiny_engine(max_epoch=3, eval_freq=2, model_name="cifar_resnet20")
-    results = engine.run()
+    engine.train()
+    results = engine.task.results(engine)
     evaluated = [h["epoch"] for h in engine.history if "test/top1_err" in h]
     assert evaluated == [2, 3]  # every 2nd epoch and always the last
     assert results["best"]["epoch"] in evaluated and results["epochs"] == 3
@@ -284,7 +308,7 @@ def test_eval_freq_and_best_without_save_dir():
 
 @pytest.mark.parametrize("name", ["dhm_cifar_resnet20", "resnet18", "dhm_wrn16_8"])
 def test_checkpoints_of_registry_partials_rebuild(name, tmp_path):
-    from reid_dhm.utils.checkpoint import save_checkpoint
+    from reid_dhm.models.checkpoint import save_checkpoint
 
     model = build_model(name, 7)
     save_checkpoint(tmp_path / "c.pth", model, name, 1)
@@ -354,7 +378,7 @@ def test_engine_changes_the_lr_at_epoch_boundaries_only_across_a_resume(tmp_path
     def engine_with_probe():
         engine = _tiny_engine(
             schedule={**schedule, "max_epoch": 6}, max_epoch=6, model_name="cifar_resnet20",
-            save_dir=tmp_path, tensorboard=False,
+            save_dir=tmp_path,
         )  # fmt: skip
         engine.bare.register_forward_pre_hook(
             lambda *_: (
@@ -367,11 +391,13 @@ def test_engine_changes_the_lr_at_epoch_boundaries_only_across_a_resume(tmp_path
 
     first = engine_with_probe()
     for epoch in range(3):
-        first.history.append(first.train_epoch(epoch))
-    first.save("checkpoint.pth", 3)
+        first.train_epoch(epoch)
+    next(h for h in first.hooks if isinstance(h, CheckpointHook)).save("checkpoint.pth")
     second = engine_with_probe()
-    start = second.load_state(torch.load(tmp_path / "checkpoint.pth", weights_only=True))
-    second.run(start)
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    second.load_state_dict(state)
+    second.history = list(state["history"])
+    second.train(state["epoch"])
     expected = [0.01 * f for f in factors]
     assert seen == pytest.approx([lr for lr in expected for _ in range(2)], rel=1e-12)  # 2 steps
     assert [h["lr"] for h in second.history] == pytest.approx(expected, rel=1e-12)

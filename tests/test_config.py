@@ -3,11 +3,14 @@
 import pytest
 
 from reid_dhm.config import (
+    DEFAULTS,
     ConfigError,
     config_changes,
     dump_config,
     parse_override,
+    read_recipe,
     resolve_config,
+    task_only_keys,
 )
 
 
@@ -153,3 +156,153 @@ def test_resume_starts_from_the_checkpoint_config():
     stored["optim"]["lrr"] = 1
     with pytest.raises(ConfigError, match="ckpt.pth's config: unknown config key 'optim.lrr'"):
         resolve_config(resumed=stored, resumed_from="ckpt.pth")
+
+
+# ------------------------------------------------------------------ numbers, sources
+@pytest.mark.parametrize(
+    "text, value",
+    [("3e-4", 0.0003), ("1E-3", 0.001), ("1e+6", 1e6), (".5", 0.5), ("2", 2.0)],
+)
+def test_numbers_in_every_spelling(tmp_path, text, value):
+    path = tmp_path / "n.yaml"
+    path.write_text(f"optim:\n  lr: {text}\n")
+    for cfg in (
+        resolve_config("market1501", path),
+        resolve_config("market1501", overrides=[f"optim.lr={text}"]),
+    ):
+        assert cfg["optim"]["lr"] == value and isinstance(cfg["optim"]["lr"], float)
+    # Integral floats are counts for int keys.
+    cfg = resolve_config("market1501", overrides=["train.max_epoch=1e2", "data.batch_size=64.0"])
+    assert (cfg["train"]["max_epoch"], cfg["data"]["batch_size"]) == (100, 64)
+
+
+def test_range_errors_name_the_layer_at_fault(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("loss:\n  label_smooth: 1.5\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_config("market1501", path)
+    assert str(info.value) == f"{path}: 'loss.label_smooth' must be in [0, 1), got 1.5"
+    with pytest.raises(ConfigError, match=r"^override 'optim.momentum=1': 'optim.momentum'"):
+        resolve_config("market1501", overrides=["optim.momentum=1"])
+    with pytest.raises(
+        ConfigError, match=r"'loss.mode' must be one of \['baseline', 'dsl', 'dhm'\]"
+    ):
+        resolve_config("market1501", overrides=["loss.mode=dmh"])
+
+
+# ------------------------------------------------------------------ _base_ inheritance
+def _write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_is_inherited_and_the_child_wins(tmp_path):
+    _write(
+        tmp_path, "parts/common.yaml", "data: {dataset: synthreid}\noptim: {lr: 0.01, name: sgd}\n"
+    )
+    _write(tmp_path, "parts/short.yaml", "_base_: common.yaml\ntrain: {max_epoch: 3}\n")
+    _write(tmp_path, "parts/dsl.yaml", "loss: {mode: dsl}\n")
+    child = _write(
+        tmp_path, "run.yaml", "_base_: [parts/short.yaml, parts/dsl.yaml]\noptim: {lr: 0.02}\n"
+    )
+    cfg = resolve_config(None, child, ["train.max_epoch=4"])
+    assert cfg["data"]["dataset"] == "synthreid" and cfg["optim"]["name"] == "sgd"
+    assert cfg["optim"]["lr"] == 0.02  # the child over its base
+    assert cfg["loss"]["mode"] == "dsl" and cfg["train"]["max_epoch"] == 4  # overrides win
+    assert "_base_" not in dump_config(cfg)
+    assert read_recipe(child)["optim"] == {"lr": 0.02, "name": "sgd"}
+    # A bad key is named with the base file that wrote it.
+    _write(tmp_path, "parts/dsl.yaml", "loss: {mdoe: dsl}\n")
+    with pytest.raises(ConfigError, match=r"parts/dsl.yaml: unknown config key 'loss.mdoe'"):
+        resolve_config(None, child)
+
+
+def test_base_cycles_and_missing_bases_are_one_line_errors(tmp_path):
+    a = _write(tmp_path, "a.yaml", "_base_: b.yaml\n")
+    _write(tmp_path, "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"b.yaml: _base_ 'a.yaml' makes a cycle \(a.yaml -> b.yaml -> a.yaml\)"
+    ):
+        resolve_config("synthreid", a)
+    own = _write(tmp_path, "self.yaml", "_base_: self.yaml\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        resolve_config("synthreid", own)
+    lost = _write(tmp_path, "lost.yaml", "_base_: [a.yaml, nowhere/c.yaml]\n")
+    _write(tmp_path, "b.yaml", "train: {max_epoch: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_config("synthreid", lost)
+    assert str(info.value).startswith(f"{lost}: _base_ 'nowhere/c.yaml' not found")
+    assert "\n" not in str(info.value)
+    _write(tmp_path, "bad.yaml", "_base_: {a: 1}\n")
+    with pytest.raises(ConfigError, match="_base_ must be a file name or a list"):
+        resolve_config("synthreid", tmp_path / "bad.yaml")
+
+
+# ------------------------------------------------------------------ one rule, two users
+@pytest.mark.parametrize("value", [-0.1, 0.0, 0.5, 0.999, 1.0, 2.0])
+def test_label_smooth_range_is_the_same_in_config_and_loss(value):
+    from reid_dhm.losses import DHMLoss
+
+    def accepted(check):
+        try:
+            check()
+        except ValueError:  # ConfigError is a ValueError
+            return False
+        return True
+
+    by_config = accepted(
+        lambda: resolve_config("market1501", overrides=[f"loss.label_smooth={value}"])
+    )
+    by_loss = accepted(lambda: DHMLoss("dhm", label_smooth=value))
+    assert by_config == by_loss == (0 <= value < 1)
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, 1e-4])
+def test_lr_range_is_the_same_in_config_and_optimizer(value):
+    import torch
+
+    from reid_dhm.engines.optim import build_optimizer
+
+    def accepted(check):
+        try:
+            check()
+        except ValueError:
+            return False
+        return True
+
+    by_config = accepted(lambda: resolve_config("market1501", overrides=[f"optim.lr={value}"]))
+    by_optim = accepted(lambda: build_optimizer(torch.nn.Linear(1, 1), "sgd", lr=value))
+    assert by_config == by_optim == (value > 0)
+
+
+def test_schedule_rules_are_checked_when_training():
+    with pytest.raises(ConfigError, match="scheduler.warmup_epochs=5 must be < train.max_epoch=5"):
+        resolve_config("synthreid", overrides=["scheduler.warmup_epochs=5", "train.max_epoch=5"])
+    assert resolve_config(
+        "synthreid", overrides=["scheduler.warmup_epochs=5", "train.max_epoch=5"], training=False
+    )
+
+
+def test_reading_and_resolving_a_config_loads_no_heavy_module():
+    import subprocess
+    import sys
+
+    heavy = "('torchreid', 'tensorboard', 'torchvision', 'faiss', 'cv2', 'matplotlib')"
+    code = (
+        "import sys; from reid_dhm.config import resolve_config; "
+        "resolve_config(None, 'configs/market1501/bot_r50_dhm.yaml'); "
+        f"print(sorted(m for m in {heavy} if m in sys.modules))"
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_schema_defaults_and_task_only_keys():
+    assert DEFAULTS["optim"]["lr"] == 0.0003 and DEFAULTS["task"] == "reid"
+    keys = task_only_keys()
+    assert "loss.triplet_weight" in keys["reid"] and "train.sync_bn" in keys["classification"]

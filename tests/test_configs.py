@@ -8,11 +8,30 @@ from reid_dhm.config import resolve_config
 from reid_dhm.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL_YAML = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+# Recipes; the files under _base_/ folders are the parts they inherit (see test_config.py).
+ALL_YAML = [
+    p
+    for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+    if "_base_" not in p.relative_to(CONFIGS).parts
+]
+BASES = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" in p.relative_to(CONFIGS).parts)
 
 
 def test_there_are_configs():
     assert len(ALL_YAML) >= 33 + 9
+
+
+def test_every_base_is_inherited():
+    used = set()
+    for path in ALL_YAML + BASES:
+        used |= {p.resolve() for p in map(Path, _bases(path))}
+    assert [b.relative_to(CONFIGS) for b in BASES if b.resolve() not in used] == []
+
+
+def _bases(path):
+    from reid_dhm.config import recipe_layers
+
+    return [source for source, _ in recipe_layers(path)[:-1]]
 
 
 @pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(CONFIGS)))

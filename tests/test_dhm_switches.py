@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import run_training
 
 from reid_dhm import DHMLoss, build_model
 from reid_dhm.cli import summary as summary_tool  # noqa: E402
-from reid_dhm.cli import train as train_tool  # noqa: E402
 from reid_dhm.engines.grad_monitor import GradientMonitor, cosine, monitor_history
 from reid_dhm.losses import mimicking_pairs
 from reid_dhm.models import count_parameters
@@ -209,7 +209,7 @@ def test_paper_style_is_the_default_and_unchanged():
 
 
 def test_mirror_checkpoint_round_trip(tmp_path):
-    from reid_dhm.utils.checkpoint import model_from_checkpoint, save_checkpoint
+    from reid_dhm.models.checkpoint import model_from_checkpoint, save_checkpoint
 
     model = build_model("dhm_mobilenetv2", 4, branch_style="mirror")
     save_checkpoint(tmp_path / "c.pth", model, "dhm_mobilenetv2", 1)
@@ -230,17 +230,17 @@ def test_summary_tool_shows_both_styles(capsys):
 # ------------------------------------------------------------------ end to end
 def test_reid_run_with_every_switch(tiny_reid, tmp_path):
     out = tmp_path / "run"
-    argv = [
-        "--dataset", "folder", "--root", str(tiny_reid), "--output-dir", str(out),
-        "model.name=dhm_mobilenetv2", "model.pretrained=false", "data.height=64",
-        "data.width=32", "data.batch_size=8", "data.workers=0", "train.max_epoch=2",
-        "train.fixbase_epoch=0", "test.vis_queries=0", "model.branch_style=mirror",
-        "loss.kl_warmup_epochs=2", "loss.kl_teachers=deeper", "train.grad_monitor_every=2",
-        "test.report=true",
+    overrides = [
+        f"data.root={tiny_reid}", "model.name=dhm_mobilenetv2", "model.pretrained=false",
+        "data.height=64", "data.width=32", "data.batch_size=8", "data.workers=0",
+        "train.max_epoch=2", "train.fixbase_epoch=0", "test.vis_queries=0",
+        "model.branch_style=mirror", "loss.kl_warmup_epochs=2", "loss.kl_teachers=deeper",
+        "train.grad_monitor_every=2", "test.report=true",
     ]  # fmt: skip
-    assert train_tool.main(argv) == 0
+    result = run_training("folder", overrides, out)
     assert (out / "report" / "index.html").stat().st_size > 0  # test.report: the HTML report
     results = json.loads((out / "results.json").read_text())
+    assert result.results == results
     rows = results["grad_monitor"]
     assert [r["epoch"] for r in rows] == [1, 2]
     for pair in ("main~aux1", "main~aux2", "aux1~aux2"):
@@ -250,18 +250,19 @@ def test_reid_run_with_every_switch(tiny_reid, tmp_path):
     assert ckpt["model_kwargs"]["branch_style"] == "mirror"
     assert "kl/aux2->main" not in ckpt["history"][-1]  # aux2, the shallowest, never teaches
     assert "kl/aux1->main" in ckpt["history"][-1]
+    assert result.model.init_kwargs["branch_style"] == "mirror"
 
 
 def test_classification_run_with_the_monitor(tiny_cifar10, tmp_path):
     out = tmp_path / "cls"
-    argv = [
-        "--dataset", "cifar10", "--root", str(tiny_cifar10), "--output-dir", str(out),
-        "--model", "dhm_cifar_resnet20", "data.batch_size=8", "data.workers=0",
-        "data.test_batch_size=10", "train.max_epoch=2", "train.grad_monitor_every=2",
-        "loss.kl_warmup_epochs=1",
+    overrides = [
+        f"data.root={tiny_cifar10}", "model.name=dhm_cifar_resnet20", "data.batch_size=8",
+        "data.workers=0", "data.test_batch_size=10", "train.max_epoch=2",
+        "train.grad_monitor_every=2", "loss.kl_warmup_epochs=1",
     ]  # fmt: skip
-    assert train_tool.main(argv) == 0
+    result = run_training("cifar10", overrides, out)
     results = json.loads((out / "results.json").read_text())
+    assert result.results == results
     assert [r["epoch"] for r in results["grad_monitor"]] == [1, 2]
     assert "grad/cos/layer1/main~aux2" in results["grad_monitor"][0]
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from reid_dhm.data.classification import CIFAR10_MEAN, CIFAR10_STD, read_cifar
 from reid_dhm.engines import distributed as dist
-from reid_dhm.utils.checkpoint import model_from_checkpoint
+from reid_dhm.models.checkpoint import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]

@@ -7,7 +7,7 @@ from PIL import Image
 
 from reid_dhm import FeatureExtractor, build_model
 from reid_dhm.data.preprocessing import Preprocessing
-from reid_dhm.utils.checkpoint import save_checkpoint
+from reid_dhm.models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -262,3 +262,168 @@ def test_new_and_pretrained_modules():
         "layer4",
     )
     assert set(model.new_module_names()) == {"classifier", "aux_branches"}
+
+
+# ----------------------------------------------- registry entries beside their backbone
+TINY_BACKBONE = '''
+from torch import nn
+
+from reid_dhm.models.dhm import AuxBranch, DHMNet, resolve_branches
+from reid_dhm.models.registry import model_pair
+
+
+class TinyNet(DHMNet):
+    """No init_kwargs preamble: the base records the constructor's arguments."""
+
+    input_stride = 4
+    stage_names = ("stem", "layer1", "layer2")
+
+    def __init__(self, num_classes=10, branches=("aux1",), width=8, neck="none",
+                 eval_feature="pre_bn"):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, 1, 1)
+        self.layer1 = nn.Sequential(nn.Conv2d(width, width, 3, 2, 1), nn.BatchNorm2d(width))
+        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU())
+        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = 2 * width
+        self._set_head(num_classes, neck, eval_feature)
+        branches = resolve_branches(branches, ("aux1",), ("aux1",))
+        body = nn.Conv2d(width, 12, 3, 2, 1)
+        aux = {"aux1": AuxBranch("layer1", body, 12, num_classes, neck=neck)}
+        self._set_branches({k: v for k, v in aux.items() if k in branches})
+
+
+class ScaledTinyNet(TinyNet):
+    def __init__(self, num_classes=10, branches=("aux1",), scale=2):
+        super().__init__(num_classes, branches, width=4 * scale)
+
+
+MODELS = model_pair(
+    "tinynet", TinyNet, "TinyNet with aux1", "plain TinyNet",
+    options=frozenset({"neck", "eval_feature"}),
+)
+'''
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path, monkeypatch):
+    """A new backbone as one file, found by the registry as if it were in backbones/."""
+    import sys
+
+    from reid_dhm.models import backbones, registry
+
+    (tmp_path / "tinynet_for_tests.py").write_text(TINY_BACKBONE)
+    monkeypatch.setattr(backbones, "__path__", [*backbones.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_DISCOVERED", False)
+    list_models()  # discovery imports the new file
+    yield sys.modules["reid_dhm.models.backbones.tinynet_for_tests"]
+    sys.modules.pop("reid_dhm.models.backbones.tinynet_for_tests", None)
+
+
+def test_a_new_backbone_is_one_file(tiny_backbone):
+    from reid_dhm.models import get_entry
+
+    assert {"dhm_tinynet", "tinynet", "dhm_resnet50", "wrn16_8"} <= set(list_models())
+    entry = get_entry("dhm_tinynet")
+    assert entry.options == {"neck", "eval_feature"} and entry.input_stride == 4
+    assert get_entry("tinynet").description == "plain TinyNet"
+    model = build_model("dhm_tinynet", 5, neck="bnneck")
+    assert model.branch_names == ("main", "aux1")
+    assert build_model("tinynet", 5).branch_names == ("main",)
+
+
+def test_model_options_drive_the_config_error(tiny_backbone):
+    from reid_dhm.config import ConfigError, resolve_config
+    from reid_dhm.models.registry import models_with_option
+
+    assert "dhm_tinynet" in models_with_option("neck")
+    assert "dhm_tinynet" not in models_with_option("last_stride")
+    assert "dhm_resnet50" in models_with_option("last_stride")
+    with pytest.raises(ConfigError, match="dhm_tinynet has no last_stride option") as info:
+        resolve_config("synthreid", overrides=["model.name=dhm_tinynet", "model.last_stride=1"])
+    owners = str(info.value).split("models with it:")[1]
+    assert "dhm_resnet18" in owners and "tinynet" not in owners and "mobilenetv2" not in owners
+    with pytest.raises(ConfigError, match="dhm_wrn16_8 has no neck option") as info:
+        resolve_config("synthreid", overrides=["model.name=dhm_wrn16_8", "model.neck=bnneck"])
+    assert "dhm_tinynet" in str(info.value) and "dhm_osnet_x0_25" in str(info.value)
+    cfg = resolve_config("synthreid", overrides=["model.name=dhm_tinynet", "model.neck=bnneck"])
+    assert cfg["model"]["neck"] == "bnneck"
+
+
+def test_declared_options_and_strides_match_the_builders():
+    from reid_dhm.models import backbones, get_entry
+    from reid_dhm.models.registry import OPTIONS, _builder_class_stride, _signature_options
+
+    for name in list_models():
+        entry = get_entry(name)
+        # What a backbone declares is what its builder takes (config relies on it).
+        assert entry.options == _signature_options(entry.builder), name
+        assert entry.options <= set(OPTIONS)
+        assert entry.input_stride == _builder_class_stride(entry.builder) > 1, name
+        cls = entry.builder.func if hasattr(entry.builder, "func") else entry.builder
+        assert cls.__module__.startswith(backbones.__name__ + "."), name
+
+
+def test_dhmnet_records_its_constructor_arguments(tiny_backbone):
+    TinyNet, ScaledTinyNet = tiny_backbone.TinyNet, tiny_backbone.ScaledTinyNet
+    model = TinyNet(5, branches="aux1")
+    # Defaults filled in, branches as built, in signature order.
+    assert model.init_kwargs == {
+        "num_classes": 5,
+        "branches": ("aux1",),
+        "width": 8,
+        "neck": "none",
+        "eval_feature": "pre_bn",
+    }
+    assert list(model.init_kwargs) == ["num_classes", "branches", "width", "neck", "eval_feature"]
+    # The outermost class records, not the parent whose constructor it called.
+    scaled = ScaledTinyNet(3, scale=1)
+    assert scaled.init_kwargs == {"num_classes": 3, "branches": ("aux1",), "scale": 1}
+    assert scaled.deploy().init_kwargs == {"num_classes": 3, "branches": (), "scale": 1}
+    # set_eval_feature keeps the record (what deploy() and checkpoints rebuild) current.
+    bn = TinyNet(4, neck="bnneck")
+    bn.set_eval_feature("post_bn")
+    assert bn.init_kwargs["eval_feature"] == "post_bn"
+    assert bn.deploy().eval_feature == "post_bn"
+
+
+def test_recorded_arguments_deploy_to_the_plain_model(tiny_backbone):
+    model = tiny_backbone.TinyNet(6, neck="bnneck", eval_feature="post_bn")
+    randomize_bn(model)
+    for m in model.modules():  # randomize_bn covers 2-d BN only
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_var.fill_(2.0)
+    model.eval()
+    plain = model.deploy()
+    assert type(plain) is type(model) and plain.branch_names == ("main",)
+    assert plain.init_kwargs == {**model.init_kwargs, "branches": ()}
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x))
+
+
+def test_constructor_normalised_arguments_are_recorded():
+    # CIFAR models fill branch_blocks from the authors' table; checkpoints hold that value.
+    assert build_model("dhm_cifar_resnet20", 3).init_kwargs["branch_blocks"] == ((3, 2), (3,))
+    assert build_model("cifar_resnet20", 3).init_kwargs["branch_blocks"] is None
+    model = build_model("dhm_resnet18", 3, branches="aux2,aux1", last_stride=1)
+    assert model.init_kwargs == {
+        "depth": 18,
+        "num_classes": 3,
+        "branches": ("aux1", "aux2"),
+        "last_stride": 1,
+        "branch_style": "paper",
+        "neck": "none",
+        "eval_feature": "pre_bn",
+    }
+
+
+def test_main_branch_name_is_defined_once():
+    from reid_dhm.losses import branch_sampler, dhm_loss
+    from reid_dhm.models import MAIN, dhm
+    from reid_dhm.utils import branches
+
+    assert MAIN == branches.MAIN == "main"
+    assert dhm.MAIN is branches.MAIN and dhm_loss.MAIN is branches.MAIN
+    assert branch_sampler.MAIN is branches.MAIN

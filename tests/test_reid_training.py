@@ -1,17 +1,25 @@
-"""Re-ID training end to end: real torchreid data manager and engine, tools/train.py."""
+"""Re-ID training end to end: real torchreid data manager and engine, ``reid_dhm.runs.train``.
+
+Runs are library calls (``conftest.run_training``); the tests whose point is the command
+line (resume flags, ``--eval-only`` into ``eval/``, the earlier run kept, one-line errors
+and exit statuses) call ``reid-dhm train``'s ``main``.
+"""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_training
 from torchreid.reid import models as trmodels
 
 from reid_dhm import BranchSampler, DHMLoss, build_model
 from reid_dhm.cli import train as train_tool  # noqa: E402
 from reid_dhm.data.reid_manager import build_reid_datamanager
+from reid_dhm.engines.hooks import FreezeHook
 from reid_dhm.engines.optim import build_optimizer, build_scheduler
-from reid_dhm.engines.reid_engine import DHMReIDEngine
+from reid_dhm.engines.reid_task import ReidTask
+from reid_dhm.engines.trainer import Trainer
 
 TINY = [
     "model.name=dhm_mobilenetv2",
@@ -28,13 +36,19 @@ TINY = [
 
 
 def run_train(tiny_reid, out, *extra):
+    """``reid-dhm train`` (the command line) on the tiny data; its exit status."""
     argv = ["--dataset", "folder", "--root", str(tiny_reid), "--output-dir", str(out)]
     return train_tool.main(argv + TINY + list(extra))
 
 
+def train_tiny(tiny_reid, out, *extra):
+    """The same run as a library call; its ``RunResult``."""
+    return run_training("folder", [f"data.root={tiny_reid}", *TINY, *extra], out)
+
+
 def test_two_epoch_run_writes_everything(tiny_reid, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(tiny_reid, out, "train.max_epoch=2", "train.print_freq=2") == 0
+    result = train_tiny(tiny_reid, out, "train.max_epoch=2", "train.print_freq=2")
     captured = capsys.readouterr()
     printed = captured.out
     assert "mAP" in printed and "R1" in printed and "mINP" in printed
@@ -65,6 +79,10 @@ def test_two_epoch_run_writes_everything(tiny_reid, tmp_path, capsys):
     assert not list(out.glob(".*.tmp"))  # atomic writes leave nothing behind
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["folder"]["main"]["mAP"] <= 1.0
+    # The RunResult is what was written.
+    assert result.output_dir == out and result.results == results
+    assert result.history == history and result.evaluation["folder"].table() == results["folder"]
+    assert result.model.branch_names == ["main", "aux1", "aux2"]
 
     # The deployed weights load strictly into torchreid's own MobileNetV2.
     plain = trmodels.build_model("mobilenetv2_x1_0", 6, pretrained=False)
@@ -78,7 +96,7 @@ def _files(folder):
 @pytest.mark.slow  # two trainings and two evaluations: about 30 s on 2 CPU cores
 def test_resume_continues_with_the_checkpoint_recipe(tiny_reid, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(tiny_reid, out, "train.max_epoch=1", "loss.mode=dsl") == 0
+    train_tiny(tiny_reid, out, "train.max_epoch=1", "loss.mode=dsl")
     first = torch.load(out / "checkpoint.pth", weights_only=True)
     assert first["epoch"] == 1
     capsys.readouterr()
@@ -156,7 +174,7 @@ def test_torchreid_checkpoints_resume_with_the_model_named(
 ):
     from torchreid.reid.utils import save_checkpoint as torchreid_save
 
-    from reid_dhm.utils.checkpoint import model_from_checkpoint
+    from reid_dhm.models.checkpoint import model_from_checkpoint
 
     model = model_from_checkpoint(tiny_checkpoint)
     state = {
@@ -209,14 +227,12 @@ def test_fixbase_freezes_backbone_weights_and_bn_stats(tiny_reid):
     )
     model = build_model("dhm_mobilenetv2", manager.num_train_pids)
     optimizer = build_optimizer(model, "amsgrad", lr=1e-3)
-    engine = DHMReIDEngine(
-        manager, model, optimizer, DHMLoss(), scheduler=build_scheduler(optimizer),
-        branch_sampler=BranchSampler(model.branch_names),
+    engine = Trainer(
+        ReidTask(manager), model, DHMLoss(), optimizer, build_scheduler(optimizer), max_epoch=2,
+        branch_sampler=BranchSampler(model.branch_names), hooks=[FreezeHook(1)],
     )  # fmt: skip
-    engine.max_epoch = 2
     before = _snapshot(model)
-    engine.epoch = 0
-    engine.train(fixbase_epoch=1)
+    engine.train_epoch(0)
     changed = _changed(before, model)
     backbone = {k for k in before if k.split(".")[0] in model.pretrained_module_names()}
     assert backbone and not (changed & backbone)  # weights AND BN running stats fixed
@@ -226,36 +242,45 @@ def test_fixbase_freezes_backbone_weights_and_bn_stats(tiny_reid):
     assert all(p.requires_grad is False for p in model.conv1.parameters())
 
     before = _snapshot(model)
-    engine.epoch = 1
-    engine.train(fixbase_epoch=1)
+    engine.train_epoch(1)
     changed = _changed(before, model)
     assert "conv1.conv.weight" in changed and "conv1.bn.running_mean" in changed
     assert all(p.requires_grad for p in model.parameters())
     assert [h["frozen"] for h in engine.history] == [True, False]
 
 
-def test_forward_backward_reports_every_term_and_honours_active_set(tiny_reid):
+def test_every_term_is_reported_and_the_active_set_honoured(tiny_reid):
     manager = build_reid_datamanager(
         "folder", tiny_reid, height=64, width=32, batch_size=8, workers=0
     )
     model = build_model("dhm_mobilenetv2", manager.num_train_pids)
-    engine = DHMReIDEngine(manager, model, build_optimizer(model), DHMLoss())
-    batch = next(iter(manager.train_loader))
-    summary = engine.forward_backward(batch)
-    assert {
-        "loss",
-        "ce/main",
-        "ce/aux1",
-        "ce/aux2",
-        "kl/aux2->aux1",
-        "acc/main",
-        "acc/aux1",
-    } <= set(summary)
-    assert sum(k.startswith("kl/") for k in summary) == 6
+    engine = Trainer(ReidTask(manager), model, DHMLoss(), build_optimizer(model), max_epoch=1)
+    images, pids = engine.task.unpack(next(iter(manager.train_loader)))
+    assert engine.train_step(images, pids)
+    terms = set(engine.sums)
+    assert {"loss", "ce/main", "ce/aux1", "ce/aux2", "kl/aux2->aux1", "acc/main"} <= terms
+    assert sum(k.startswith("kl/") for k in terms) == 6
     engine.active = ("main", "aux2")
     model.set_active_branches(engine.active)
-    summary = engine.forward_backward(batch)
-    assert "ce/aux1" not in summary and "kl/aux2->main" in summary
+    _, losses = engine.forward_loss(images, pids)
+    assert "ce/aux1" not in losses and "kl/aux2->main" in losses
+
+
+def test_baseline_runs_only_the_main_branch(tiny_reid):
+    """One rule for both tasks: branches without a loss term are not computed."""
+    manager = build_reid_datamanager(
+        "folder", tiny_reid, height=64, width=32, batch_size=8, workers=0
+    )
+    model = build_model("dhm_mobilenetv2", manager.num_train_pids)
+    calls = []
+    model.aux_branches["aux1"].register_forward_hook(lambda *a: calls.append(1))
+    engine = Trainer(
+        ReidTask(manager), model, DHMLoss("baseline"), build_optimizer(model), max_epoch=1,
+        branch_sampler=BranchSampler(model.branch_names),
+    )  # fmt: skip
+    record = engine.train_epoch(0)
+    assert record["active"] == ["main"] and not calls
+    assert not [k for k in record if k.startswith(("ce/aux", "kl/", "acc/aux"))]
 
 
 @pytest.mark.parametrize(
@@ -282,29 +307,6 @@ def test_missing_imagenet_weights_explain_no_pretrained(tiny_reid, tmp_path, mon
     assert train_tool.main(argv + ["data.height=64", "data.width=32", "data.workers=0"]) == 2
     err = capsys.readouterr().err
     assert "--no-pretrained" in err and "nothing is downloaded" in err
-
-
-def test_ranked_png_ranks_with_the_evaluation_metric(monkeypatch, tmp_path):
-    import reid_dhm.engines.reid_engine as reid_engine
-
-    # One query, two gallery images: g0 is nearer in L2 distance, g1 in angle.
-    qf = torch.tensor([[1.0, 0.0]])
-    gf = torch.tensor([[0.5, 0.5], [4.0, 0.2]])
-    engine = object.__new__(DHMReIDEngine)  # only the PNG's inputs are needed
-    engine.vis_queries, engine.vis_topk = 1, 2
-    ranked = {}
-
-    def capture(queries, gallery, idx, matches, path, distances):
-        ranked[metric] = idx[0].tolist()
-
-    monkeypatch.setattr(reid_engine, "plot_ranked_results", capture)
-    for metric in ("euclidean", "cosine"):
-        engine._last_eval = reid_engine._LastEval(
-            qf, gf, np.array([1]), np.array([2, 3]), np.array([0]), np.array([1, 1]),
-            ["q.jpg"], ["g0.jpg", "g1.jpg"], metric, False,
-        )  # fmt: skip
-        engine.write_ranked_png(tmp_path / "ranked.png")
-    assert ranked == {"euclidean": [0, 1], "cosine": [1, 0]}
 
 
 def test_an_empty_shard_gives_empty_features_of_the_right_width():

@@ -2,7 +2,9 @@
 
 Every numbered case of the issue is a test here (docs/RELIABILITY.md maps them). The
 signal and kill tests run real subprocesses and synchronise on the run's own progress
-lines, never on time.
+lines, never on time. Runs that only set a case up, or whose point is what the run does,
+are library calls (``conftest.run_training``); the one-line errors, exit statuses and
+``--resume`` folder discovery go through ``reid-dhm train``'s ``main``.
 """
 
 import json
@@ -16,14 +18,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import run_training
 
 from reid_dhm import DHMLoss, build_model
 from reid_dhm.cli import test as test_tool
 from reid_dhm.cli import train as train_tool
 from reid_dhm.config import resolve_config
-from reid_dhm.engines.classification import ClassificationEngine
+from reid_dhm.engines.classification import ClassificationTask
 from reid_dhm.engines.guards import NonFiniteGuard, TrainingDiverged
 from reid_dhm.engines.optim import build_optimizer
+from reid_dhm.engines.trainer import Trainer
 
 TINY = [
     "model.name=dhm_mobilenetv2", "model.pretrained=false", "data.height=64", "data.width=32",
@@ -36,6 +40,11 @@ def reid_args(root, out, *extra):
     return ["--dataset", "folder", "--root", str(root), "--output-dir", str(out), *TINY, *extra]
 
 
+def train_tiny(root, out, *extra):
+    """The run of ``reid_args`` as a library call; its ``RunResult``."""
+    return run_training("folder", [f"data.root={root}", *TINY, *extra], out)
+
+
 def finite_state(path) -> bool:
     state = torch.load(path, weights_only=True)["state_dict"]
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
@@ -46,7 +55,7 @@ def test_nonfinite_loss_stops_the_reid_run_and_keeps_the_last_good_checkpoint(
     tiny_reid, tmp_path, capsys
 ):
     out = tmp_path / "run"
-    assert train_tool.main(reid_args(tiny_reid, out, "train.max_epoch=1")) == 0
+    train_tiny(tiny_reid, out, "train.max_epoch=1")
     good = (out / "checkpoint.pth").read_bytes()
     capsys.readouterr()
     # The learning rate of the report: the loss explodes within a few iterations.
@@ -82,9 +91,9 @@ def _classification_engine(criterion, policy, max_skips=10):
     model = build_model("dhm_cifar_resnet20", 3)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(4, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0]))] * 6
-    engine = ClassificationEngine(
-        model, criterion, build_optimizer(model, "sgd", lr=0.01), train_loader=batches,
-        max_epoch=1, nonfinite=policy, nonfinite_max_skips=max_skips, tensorboard=False,
+    engine = Trainer(
+        ClassificationTask(batches, None), model, criterion, build_optimizer(model, "sgd", lr=0.01),
+        max_epoch=1, guard=NonFiniteGuard(policy, max_skips),
     )  # fmt: skip
     return engine, model
 
@@ -174,21 +183,19 @@ def test_truncated_images_are_all_reported_at_load_and_can_be_skipped(tiny_reid,
     assert "2 unreadable:" in err and all(name in err for name in cut)
     assert "truncated" in err and "data.skip_bad_images=true" in err and "\n" not in err
     with pytest.warns(UserWarning, match=r"leaving out 2 unreadable image\(s\)"):
-        code = train_tool.main(
-            reid_args(root, tmp_path / "b", "train.max_epoch=1", "data.skip_bad_images=true")
-        )
-    assert code == 0 and (tmp_path / "b" / "results.json").is_file()
+        result = train_tiny(root, tmp_path / "b", "train.max_epoch=1", "data.skip_bad_images=true")
+    assert (tmp_path / "b" / "results.json").is_file() and result.results["epochs"] == 1
 
 
 def test_a_failed_final_evaluation_keeps_the_training_and_says_how_to_finish(
     tiny_reid, tmp_path, capsys, monkeypatch
 ):
-    from reid_dhm.engines import reid_engine
+    from reid_dhm.engines.reid_task import ReidTask
 
     def broken(*args, **kwargs):
         raise ValueError("cannot read image gallery/0001_c1.jpg: broken data stream")
 
-    monkeypatch.setattr(reid_engine.DHMReIDEngine, "_evaluate", broken)
+    monkeypatch.setattr(ReidTask, "evaluate", broken)
     out = tmp_path / "run"
     assert train_tool.main(reid_args(tiny_reid, out, "train.max_epoch=1")) == 1
     err = capsys.readouterr().err.strip()
@@ -281,7 +288,7 @@ def test_resume_a_folder_skips_a_damaged_checkpoint_and_cleans_stale_writes(
     tiny_reid, tmp_path, capsys
 ):
     out = tmp_path / "run"
-    assert train_tool.main(reid_args(tiny_reid, out, "train.max_epoch=2")) == 0
+    train_tiny(tiny_reid, out, "train.max_epoch=2")
     # Epoch 2 replaced epoch 1, which was kept as checkpoint.prev.pth.
     assert torch.load(out / "checkpoint.prev.pth", weights_only=True)["epoch"] == 1
     (out / "checkpoint.pth").write_bytes(b"half a checkpoint")
@@ -309,31 +316,33 @@ def test_resume_a_folder_skips_a_damaged_checkpoint_and_cleans_stale_writes(
 
 def test_an_lr_given_on_resume_is_used(tiny_reid, tmp_path):
     out = tmp_path / "run"
-    assert train_tool.main(reid_args(tiny_reid, out, "train.max_epoch=1")) == 0
-    assert train_tool.main(["--resume", str(out), "train.max_epoch=2", "optim.lr=1e-5"]) == 0
+    train_tiny(tiny_reid, out, "train.max_epoch=1")
+    resumed = ["train.max_epoch=2", "optim.lr=1e-5"]
+    result = run_training(None, resumed, resume=out / "checkpoint.pth")
     history = torch.load(out / "checkpoint.pth", weights_only=True)["history"]
     assert history[0]["lr"] == pytest.approx(3e-4) and history[1]["lr"] == pytest.approx(1e-5)
+    assert result.history == history
 
 
 # ------------------------------------------------------------ 7. --device reaches the ranking
 def test_the_device_reaches_the_ranking(tiny_checkpoint, tiny_reid, monkeypatch, capsys):
-    import reid_dhm.retrieval as retrieval
-    from reid_dhm.engines import reid_engine
+    # ``reid-dhm test`` and ``train --eval-only`` rank through the one evaluator.
+    import reid_dhm.retrieval.result as result
 
     seen = []
-    real = retrieval.evaluate
+    real = result.evaluate
 
     def spy(*args, **kwargs):
         seen.append(str(kwargs.get("device")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(retrieval, "evaluate", spy)
+    monkeypatch.setattr(result, "evaluate", spy)
     argv = ["--checkpoint", str(tiny_checkpoint), "--dataset", "folder", "--root",
             str(tiny_reid), "--workers", "0", "--device", "cpu"]  # fmt: skip
     assert test_tool.main(argv) == 0 and seen == ["cpu"]
-    monkeypatch.setattr(reid_engine, "evaluate", spy)
     seen.clear()
-    assert train_tool.main(["--eval-only", "--resume", str(tiny_checkpoint)]) == 0
+    # An evaluation-only run ranks on the run's device (train.device; auto is the CPU here).
+    run_training(None, [], resume=tiny_checkpoint, eval_only=True)
     assert seen == ["cpu"]
 
 

@@ -1,4 +1,8 @@
-"""tools/test.py and tools/retrieve.py on a tiny trained checkpoint."""
+"""reid-dhm test (``reid_dhm.runs.evaluate_checkpoint``) and retrieve on a tiny checkpoint.
+
+What the evaluation computes is checked on the library call; the command lines' own
+work (argument parsing, one-line errors, exit statuses, printed notes) through ``main``.
+"""
 
 import csv
 import json
@@ -8,22 +12,23 @@ import pytest
 
 from reid_dhm.cli import retrieve as retrieve_tool  # noqa: E402
 from reid_dhm.cli import test as test_tool  # noqa: E402
+from reid_dhm.runs import evaluate_checkpoint
 
 
 def test_test_tool_matches_training_evaluation(tiny_reid, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "res.json"
-    argv = ["--checkpoint", str(tiny_checkpoint), "--dataset", "folder", "--root", str(tiny_reid)]
-    assert test_tool.main(argv + ["--per-branch", "--workers", "0", "--output", str(out)]) == 0
+    args = (tiny_checkpoint, "folder", tiny_reid)
+    evaluations = evaluate_checkpoint(*args, per_branch=True, workers=0, output=out)
     printed = capsys.readouterr().out
     assert "mINP" in printed and "ranking" in printed
     res = json.loads(out.read_text())["folder"]
-    assert set(res) == {"main", "aux1", "aux2"}
+    assert set(res) == {"main", "aux1", "aux2"} and evaluations["folder"].table() == res
     trained = json.loads((tiny_checkpoint.parent / "results.json").read_text())["folder"]["main"]
     assert res["main"]["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)
     assert res["main"]["rank1"] == pytest.approx(trained["rank1"], abs=1e-6)
 
-    assert test_tool.main(argv + ["--rerank", "--workers", "0"]) == 0
-    assert "re-ranked" in capsys.readouterr().out
+    reranked = evaluate_checkpoint(*args, rerank=True, workers=0)
+    assert "re-ranked" in capsys.readouterr().out and reranked["folder"].rerank
 
 
 def test_test_tool_errors(tiny_reid, tmp_path, capsys):

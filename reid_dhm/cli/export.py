@@ -16,20 +16,14 @@ normalisation come from the checkpoint's stored preprocessing.
 from __future__ import annotations
 
 import argparse
-import json
 
-from .common import run_guarded
-
-FORMATS = ("onnx", "boxmot")
+from ..runs.export import FORMATS
+from .common import doc_parser, run_guarded
 
 
-def main(argv=None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+# The docstring is the --help text; the work is reid_dhm.runs.export.export_checkpoint.
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = doc_parser(__doc__, prog)
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
         "--output",
@@ -47,30 +41,15 @@ def main(argv=None, prog: str | None = None) -> int:
         help="onnx: include (x - mean) / std in the graph: feed RGB in [0, 1]",
     )
     p.add_argument("--atol", type=float, default=1e-4)
-    args = p.parse_args(argv)
-    return run_guarded(export, args)
+    return p
 
 
 def export(args) -> None:
-    from ..data.preprocessing import Preprocessing
-    from ..export import export_boxmot, export_onnx
-    from ..utils.checkpoint import load_checkpoint, model_from_checkpoint
+    """``export_checkpoint`` (the parser's destinations are its parameters)."""
+    from ..runs.export import export_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
-    pre = Preprocessing.from_checkpoint(ckpt)
-    size = (args.height or pre.height, args.width or pre.width)
-    model = model_from_checkpoint(ckpt)
-    if args.format == "boxmot":
-        if args.bake_normalization:
-            raise ValueError(
-                "--bake-normalization is for --format onnx; BoxMOT feeds ImageNet-normalised "
-                "crops, which the boxmot export converts itself"
-            )
-        report = export_boxmot(model, args.output, size, pre.mean, pre.std, args.opset, args.atol)
-        for note in report["notes"]:
-            print(f"note: {note}")
-        print(json.dumps({k: v for k, v in report.items() if k != "notes"}, indent=1))
-        return
-    norm = (pre.mean, pre.std) if args.bake_normalization else None
-    report = export_onnx(model, args.output, size, args.opset, norm, atol=args.atol)
-    print(json.dumps(report, indent=1))
+    export_checkpoint(**vars(args))
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    return run_guarded(export, build_parser(prog).parse_args(argv))

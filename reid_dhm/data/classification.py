@@ -43,9 +43,12 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .registry import DatasetSpec, get_dataset, list_datasets
+from .sets.fashion_mnist import ROOT as _FASHION_ROOT
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
-FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+# The registry's classification data sets (reid_dhm/data/sets/), under their old name.
+DATASETS = list_datasets("classification")
+FASHION_MNIST_ROOT = Path(_FASHION_ROOT)
 
 # Per-channel pixel mean / std of each training set, on [0, 1] intensities.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -192,14 +195,14 @@ def fashion_mnist_transform(train: bool, image_size: int = 28) -> Callable:
 
 def default_transform(name: str, train: bool, image_size: int | None = None) -> Callable:
     """The paper's augmentation for data set ``name`` (one of :data:`DATASETS`)."""
-    _check_name(name)
-    if name in _CIFAR:
-        if image_size not in (None, 32):
-            raise ValueError(f"CIFAR images are 32x32; image_size={image_size!r} is not supported")
-        return cifar_transform(name, train)
-    if name == "imagenet":
-        return imagenet_transform(train, size=image_size or 224)
-    return fashion_mnist_transform(train, image_size or 28)
+    return _spec(name).transform(train, image_size)
+
+
+def cifar_default_transform(name: str, train: bool, image_size: int | None = None) -> Callable:
+    """:func:`cifar_transform`, refusing sizes other than CIFAR's own 32x32."""
+    if image_size not in (None, 32):
+        raise ValueError(f"CIFAR images are 32x32; image_size={image_size!r} is not supported")
+    return cifar_transform(name, train)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -392,10 +395,38 @@ def _imagenet_split(root: Path, split: str, transform: Callable | None) -> Image
         ) from None
 
 
+def read_imagenet(
+    root: Path, train_transform: Callable | None, test_transform: Callable | None
+) -> tuple[ImageFolder, ImageFolder]:
+    """ImageNet's ``train/`` and ``val/`` class folders; both must name the same classes."""
+    train = _imagenet_split(root, "train", train_transform)
+    test = _imagenet_split(root, "val", test_transform)
+    if train.classes != test.classes:
+        missing = sorted(set(train.classes) ^ set(test.classes))
+        raise ValueError(
+            f"{root}: train/ and val/ class folders differ (e.g. {missing[:3]}); "
+            f"both must hold the same class folders"
+        )
+    return train, test
+
+
+def array_datasets(
+    read_split: Callable[[bool], tuple[np.ndarray, np.ndarray, list[str]]],
+    train_transform: Callable | None,
+    test_transform: Callable | None,
+) -> tuple[ArrayImageDataset, ArrayImageDataset]:
+    """Both splits of an in-memory data set; ``read_split(train)`` gives one split's arrays."""
+    train = ArrayImageDataset(*read_split(True), transform=train_transform)
+    test = ArrayImageDataset(*read_split(False), transform=test_transform)
+    return train, test
+
+
 # --------------------------------------------------------------------------- builder
-def _check_name(name: str) -> None:
+def _spec(name: str) -> DatasetSpec:
+    """The registry's classification data set ``name``, or a ValueError naming them."""
     if name not in DATASETS:
         raise ValueError(f"unknown classification dataset {name!r}; valid names are {DATASETS}")
+    return get_dataset(name)
 
 
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:
@@ -440,7 +471,7 @@ def build_classification_datasets(
         FileNotFoundError: the folder or a file is missing (nothing is ever downloaded).
         ValueError: unknown name, bad arguments, or a file with the wrong layout.
     """
-    _check_name(name)
+    spec = _spec(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1 or None, got {limit!r}")
     if image_size is not None and (
@@ -448,31 +479,15 @@ def build_classification_datasets(
     ):
         raise ValueError(f"image_size must be an integer >= 8 or None, got {image_size!r}")
     if root is None:
-        if name != "fashion-mnist":
+        if spec.default_root is None:
             raise ValueError(f"root is required for {name!r} (the folder that holds its files)")
-        root = FASHION_MNIST_ROOT
+        root = spec.default_root
     root = Path(root)
     if train_transform is None:
-        train_transform = default_transform(name, True, image_size)
+        train_transform = spec.transform(True, image_size)
     if test_transform is None:
-        test_transform = default_transform(name, False, image_size)
-
-    if name == "imagenet":
-        train = _imagenet_split(root, "train", train_transform)
-        test = _imagenet_split(root, "val", test_transform)
-        if train.classes != test.classes:
-            missing = sorted(set(train.classes) ^ set(test.classes))
-            raise ValueError(
-                f"{root}: train/ and val/ class folders differ (e.g. {missing[:3]}); "
-                f"both must hold the same class folders"
-            )
-    else:
-        if name == "fashion-mnist":
-            train_part, test_part = (read_fashion_mnist(root, split) for split in (True, False))
-        else:
-            train_part, test_part = (read_cifar(name, root, split) for split in (True, False))
-        train = ArrayImageDataset(*train_part, transform=train_transform)
-        test = ArrayImageDataset(*test_part, transform=test_transform)
+        test_transform = spec.transform(False, image_size)
+    train, test = spec.read(root, train_transform, test_transform)
     return _limit(train, limit), _limit(test, limit), len(train.classes)
 
 
@@ -490,7 +505,9 @@ __all__ = [
     "IMAGENET_STD",
     "ArrayImageDataset",
     "RepeatChannels",
+    "array_datasets",
     "build_classification_datasets",
+    "cifar_default_transform",
     "cifar_transform",
     "default_transform",
     "fashion_mnist_transform",
@@ -498,4 +515,5 @@ __all__ = [
     "read_cifar",
     "read_fashion_mnist",
     "read_idx",
+    "read_imagenet",
 ]

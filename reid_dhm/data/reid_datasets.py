@@ -21,20 +21,6 @@ from .preprocessing import IMAGE_EXTENSIONS, read_image
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
 
-# name -> (folder under --root holding the split folders, optional inner folder, origin)
-KNOWN_LAYOUTS = {
-    "market1501": (
-        "market1501",
-        "Market-1501-v15.09.15",
-        "Market-1501 (Zheng et al., ICCV 2015), http://www.liangzheng.org/Project/project_reid.html",
-    ),
-    "dukemtmcreid": (
-        "dukemtmc-reid",
-        "DukeMTMC-reID",
-        "DukeMTMC-reID (Zheng et al., ICCV 2017), https://github.com/layumi/DukeMTMC-reID_evaluation",
-    ),
-}
-
 
 def layout_help(folder: Path) -> str:
     return (
@@ -43,10 +29,17 @@ def layout_help(folder: Path) -> str:
     )
 
 
-def resolve_known_dataset(name: str, root: str | Path) -> Path:
-    """The split-holding folder of a published data set under ``root``, or a clear error."""
-    sub, inner, origin = KNOWN_LAYOUTS[name]
-    base = Path(root).expanduser() / sub
+def resolve_published(name: str, root: str | Path, folder: str, inner: str, origin: str) -> Path:
+    """The split-holding folder of a published data set under ``root``, or a clear error.
+
+    Args:
+        name: the data set's registry name (for the message).
+        root: torchreid's data root.
+        folder: the data set's folder under ``root``; ``inner``: the folder its archive
+            unpacks to inside it (either may hold the splits).
+        origin: where the data set comes from, for the message (nothing is downloaded).
+    """
+    base = Path(root).expanduser() / folder
     for candidate in (base / inner, base):
         if all((candidate / s).is_dir() for s in SPLITS.values()):
             return candidate
@@ -202,22 +195,17 @@ def _subclass(name: str, resolve, skip_bad_images: bool = False) -> type:
 
 
 def registered_datasets(skip_bad_images: bool = False) -> dict[str, type]:
-    """Our dataset names and classes for torchreid's factory.
+    """Our re-ID data-set names and classes for torchreid's factory, from the registry.
 
     ``market1501`` / ``dukemtmcreid`` keep torchreid's names but use our checked,
-    download-free reader; ``synthreid`` reads ``<root>/synthreid``; ``folder`` reads
-    ``root`` itself.
+    download-free reader; each class finds its folder under torchreid's data root with
+    its spec's ``locate`` (synthreid: ``<root>/synthreid``; folder: ``root`` itself).
     """
-    skip = skip_bad_images
+    from .registry import get_dataset, list_datasets
+
     return {
-        "market1501": _subclass(
-            "market1501", lambda r: resolve_known_dataset("market1501", r), skip
-        ),
-        "dukemtmcreid": _subclass(
-            "dukemtmcreid", lambda r: resolve_known_dataset("dukemtmcreid", r), skip
-        ),
-        "synthreid": _subclass("synthreid", lambda r: Path(r).expanduser() / "synthreid", skip),
-        "folder": _subclass("folder", lambda r: Path(r).expanduser(), skip),
+        name: _subclass(name, get_dataset(name).locate, skip_bad_images)
+        for name in list_datasets("reid")
     }
 
 

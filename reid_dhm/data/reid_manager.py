@@ -13,34 +13,24 @@ from pathlib import Path
 
 from torchreid.reid.data import ImageDataManager
 
+from ..utils.options import SAMPLERS, check_identity_batch
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from .reid_datasets import KNOWN_LAYOUTS, register_torchreid_datasets
-from .reid_datasets import resolve_known_dataset as _resolve_known
-from .synthreid import SynthReIDSpec, generate_synthreid
+from .registry import get_dataset, list_datasets
+from .reid_datasets import register_torchreid_datasets
+from .synthreid import SynthReIDSpec
 
-REID_DATASETS = ("market1501", "dukemtmcreid", "synthreid", "folder")
-SAMPLERS = {"random": "RandomSampler", "identity": "RandomIdentitySampler"}
+# The registry's re-ID data sets (reid_dhm/data/sets/), kept under the name tools import.
+REID_DATASETS = list_datasets("reid")
 
 
 def prepare_reid_dataset(
     name: str, root: str | Path, synthreid: SynthReIDSpec | None = None
 ) -> Path:
     """Check (or, for synthreid, generate) a data set; returns its split-holding folder."""
-    if name not in REID_DATASETS:
-        raise ValueError(
-            f"unknown re-ID dataset {name!r}; valid datasets are {list(REID_DATASETS)}"
-        )
-    if name == "synthreid":
-        return generate_synthreid(root, synthreid)
-    if name in KNOWN_LAYOUTS:
-        return _resolve_known(name, root)
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"--root {folder} does not exist; the folder dataset needs a Market-1501-layout "
-            "folder (bounding_box_train/, bounding_box_test/, query/)"
-        )
-    return folder
+    reid = list_datasets("reid")
+    if name not in reid:
+        raise ValueError(f"unknown re-ID dataset {name!r}; valid datasets are {list(reid)}")
+    return get_dataset(name).prepare_folder(root, synthreid)
 
 
 def count_valid_queries(query, gallery) -> tuple[int, list[int]]:
@@ -98,10 +88,11 @@ def build_reid_datamanager(
     synthreid: SynthReIDSpec | None = None,
     skip_bad_images: bool = False,
 ) -> ImageDataManager:
-    """A torchreid ``ImageDataManager`` for one of ``REID_DATASETS``.
+    """A torchreid ``ImageDataManager`` for one of the registry's re-ID data sets.
 
     Args:
-        dataset: ``market1501``, ``dukemtmcreid``, ``synthreid`` or ``folder``.
+        dataset: a name from ``list_datasets("reid")``: ``market1501``, ``dukemtmcreid``,
+            ``synthreid``, ``folder``, ...
         root: the data root (``folder``: the Market-layout folder itself).
         height, width: network input size.
         transforms: torchreid training transforms; ``random_crop`` resizes 1.125x larger
@@ -116,15 +107,13 @@ def build_reid_datamanager(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers are {list(SAMPLERS)}")
-    if sampler == "identity" and batch_size % num_instances:
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of num_instances {num_instances} "
-            "for the identity sampler"
-        )
-    folder = prepare_reid_dataset(dataset, root, synthreid)
+    if sampler == "identity":
+        check_identity_batch(batch_size, num_instances)
+    prepare_reid_dataset(dataset, root, synthreid)
     register_torchreid_datasets(skip_bad_images=skip_bad_images)
     manager = ImageDataManager(
-        root=str(folder if dataset == "folder" else root),
+        # torchreid's data root: each data set's class finds its folder under it (locate).
+        root=str(root),
         sources=dataset,
         height=height,
         width=width,
@@ -137,7 +126,8 @@ def build_reid_datamanager(
         batch_size_test=test_batch_size,
         workers=workers,
         num_instances=num_instances,
-        train_sampler=SAMPLERS[sampler],
+        # torchreid's names of the two samplers of utils.options.SAMPLERS
+        train_sampler="RandomIdentitySampler" if sampler == "identity" else "RandomSampler",
     )
     n_train = len(manager.train_loader.dataset)
     if len(manager.train_loader) == 0:

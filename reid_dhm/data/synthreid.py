@@ -198,69 +198,93 @@ def _draw_pattern(draw, box, base: np.ndarray, pattern: str, scale: float) -> No
         draw.rectangle([x0, mid, x1, mid + (y1 - y0) * 0.22], fill=shade)
 
 
-def _draw_person(canvas: Image.Image, ident: Identity, view: str, rng: np.random.Generator):
-    """Draw one person onto ``canvas`` (the working resolution is 2x the output)."""
-    w, h = canvas.size
-    draw = ImageDraw.Draw(canvas)
+@dataclass(frozen=True)
+class _Pose:
+    """Where one drawn person's parts go on the canvas (working resolution, pixels)."""
+
+    cx: float  # body centre line
+    top: float  # top of the head
+    feet: float  # bottom of the shoes
+    total: float  # body height
+    head_h: float
+    torso_h: float
+    t0: float  # top of the torso
+    half: float  # half the torso width
+    side: bool  # seen from the left or right
+    stride: float  # walking phase in [-0.45, 0.45]
+
+
+def _pose(w: int, h: int, ident: Identity, view: str, rng: np.random.Generator) -> _Pose:
+    """The person's jittered geometry; the only random draws of :func:`_draw_person`."""
     s = ident.height * rng.uniform(0.93, 1.05)  # scale jitter
     total = h * s
     cx = w / 2 + rng.normal(0, w * 0.04)
     feet = h * rng.uniform(0.95, 0.995)
     top = feet - total
     head_h = total * 0.13
-    torso_h = total * 0.33
     side = view in ("left", "right")
-    half = w * 0.3 * ident.build * (0.7 if side else 1.0)
-    top_c, bottom_c = PALETTE[ident.top], PALETTE[ident.bottom]
-    skin, hair = SKIN[ident.skin], HAIR[ident.hair]
-    stride = rng.uniform(-0.45, 0.45)  # walking phase
+    return _Pose(
+        cx=cx,
+        top=top,
+        feet=feet,
+        total=total,
+        head_h=head_h,
+        torso_h=total * 0.33,
+        t0=top + head_h + total * 0.03,
+        half=w * 0.3 * ident.build * (0.7 if side else 1.0),
+        side=side,
+        stride=rng.uniform(-0.45, 0.45),  # walking phase
+    )
 
-    # legs
-    leg_top = top + head_h + total * 0.03 + torso_h
-    leg_w = half * 0.62
+
+def _draw_legs(draw: ImageDraw.ImageDraw, ident: Identity, view: str, p: _Pose) -> None:
+    leg_top = p.t0 + p.torso_h
+    leg_w = p.half * 0.62
     for sign in (-1, 1):
-        off = sign * (half * 0.42) + (stride * sign * leg_w * (1.5 if side else 0.6))
-        x = cx + off
+        off = sign * (p.half * 0.42) + (p.stride * sign * leg_w * (1.5 if p.side else 0.6))
+        x = p.cx + off
         draw.rectangle(
-            [x - leg_w / 2, leg_top, x + leg_w / 2, feet - total * 0.03], fill=_shade(bottom_c, 1)
+            [x - leg_w / 2, leg_top, x + leg_w / 2, p.feet - p.total * 0.03],
+            fill=_shade(PALETTE[ident.bottom], 1),
         )
         shoe = _shade(PALETTE[ident.shoe], 1)
         draw.rectangle(
             [
                 x - leg_w / 2 - 1,
-                feet - total * 0.035,
+                p.feet - p.total * 0.035,
                 x + leg_w / 2 + (3 if view == "right" else 1),
-                feet,
+                p.feet,
             ],
             fill=shoe,
         )
-    # torso with its pattern
-    t0 = top + head_h + total * 0.03
-    torso = [cx - half, t0, cx + half, t0 + torso_h]
-    draw.rectangle(torso, fill=_shade(top_c, 1))
-    _draw_pattern(draw, torso, top_c, ident.pattern, w / 64)
-    # arms
-    arm_w = half * 0.32
+
+
+def _draw_arms(draw: ImageDraw.ImageDraw, ident: Identity, view: str, p: _Pose) -> None:
+    arm_w = p.half * 0.32
     for sign in (-1, 1):
-        if side and sign == (1 if view == "left" else -1):
+        if p.side and sign == (1 if view == "left" else -1):
             continue  # the far arm is hidden from the side
-        ax = cx + sign * (half + arm_w / 2) if not side else cx + stride * half
-        swing = -sign * stride * arm_w * 2
+        ax = p.cx + sign * (p.half + arm_w / 2) if not p.side else p.cx + p.stride * p.half
+        swing = -sign * p.stride * arm_w * 2
         draw.polygon(
             [
-                (ax - arm_w / 2, t0 + 2),
-                (ax + arm_w / 2, t0 + 2),
-                (ax + arm_w / 2 + swing, t0 + torso_h * 0.95),
-                (ax - arm_w / 2 + swing, t0 + torso_h * 0.95),
+                (ax - arm_w / 2, p.t0 + 2),
+                (ax + arm_w / 2, p.t0 + 2),
+                (ax + arm_w / 2 + swing, p.t0 + p.torso_h * 0.95),
+                (ax - arm_w / 2 + swing, p.t0 + p.torso_h * 0.95),
             ],
-            fill=_shade(top_c, 0.85),
+            fill=_shade(PALETTE[ident.top], 0.85),
         )
-        hand_y = t0 + torso_h * 0.95
+        hand_y = p.t0 + p.torso_h * 0.95
         draw.ellipse(
             [ax + swing - arm_w / 2, hand_y - 2, ax + swing + arm_w / 2, hand_y + arm_w],
-            fill=_shade(skin, 1),
+            fill=_shade(SKIN[ident.skin], 1),
         )
-    # bag: a backpack is seen from behind or the side; a shoulder bag from its side
+
+
+def _draw_bag(draw: ImageDraw.ImageDraw, ident: Identity, view: str, p: _Pose) -> None:
+    """A backpack is seen from behind or the side; a shoulder bag from its side."""
+    cx, half, t0, torso_h = p.cx, p.half, p.t0, p.torso_h
     if ident.bag == "back" and view != "front":
         bx = cx if view == "back" else cx + (-1 if view == "right" else 1) * half * 1.1
         draw.rectangle(
@@ -270,7 +294,7 @@ def _draw_person(canvas: Image.Image, ident: Identity, view: str, rng: np.random
     elif ident.bag in ("left", "right"):
         sgn = -1 if ident.bag == "left" else 1
         if view in ("front", "back") or (view == "left") == (ident.bag == "left"):
-            bx = cx + sgn * (half + arm_w) * (1 if view != "back" else -1)
+            bx = cx + sgn * (half + half * 0.32) * (1 if view != "back" else -1)
             draw.rectangle(
                 [bx - half * 0.35, t0 + torso_h * 0.55, bx + half * 0.35, t0 + torso_h * 1.05],
                 fill=(60, 40, 30),
@@ -278,11 +302,16 @@ def _draw_person(canvas: Image.Image, ident: Identity, view: str, rng: np.random
             draw.line(
                 [cx - sgn * half * 0.6, t0, bx, t0 + torso_h * 0.55], fill=(60, 40, 30), width=2
             )
-    # head, hair and hat
+
+
+def _draw_head(draw: ImageDraw.ImageDraw, ident: Identity, view: str, p: _Pose) -> None:
+    """Head, hair (long hair frames the face) and hat."""
+    cx, head_h = p.cx, p.head_h
+    skin = SKIN[ident.skin]
     hw = head_h * 0.45
-    hy0 = top + (total * 0.01)
+    hy0 = p.top + (p.total * 0.01)
     draw.ellipse([cx - hw, hy0, cx + hw, hy0 + head_h], fill=_shade(skin, 1))
-    hair_c = _shade(hair, 1)
+    hair_c = _shade(HAIR[ident.hair], 1)
     if view == "back":
         draw.ellipse([cx - hw, hy0, cx + hw, hy0 + head_h], fill=hair_c)
     else:
@@ -299,6 +328,22 @@ def _draw_person(canvas: Image.Image, ident: Identity, view: str, rng: np.random
             [cx - hw * 1.15, hy0 - head_h * 0.1, cx + hw * 1.15, hy0 + head_h * 0.3],
             fill=_shade(PALETTE[ident.hat], 1),
         )
+
+
+def _draw_person(canvas: Image.Image, ident: Identity, view: str, rng: np.random.Generator):
+    """Draw one person onto ``canvas`` (the working resolution is 2x the output)."""
+    w, h = canvas.size
+    draw = ImageDraw.Draw(canvas)
+    pose = _pose(w, h, ident, view, rng)
+    _draw_legs(draw, ident, view, pose)
+    # torso with its pattern
+    top_c = PALETTE[ident.top]
+    torso = [pose.cx - pose.half, pose.t0, pose.cx + pose.half, pose.t0 + pose.torso_h]
+    draw.rectangle(torso, fill=_shade(top_c, 1))
+    _draw_pattern(draw, torso, top_c, ident.pattern, w / 64)
+    _draw_arms(draw, ident, view, pose)
+    _draw_bag(draw, ident, view, pose)
+    _draw_head(draw, ident, view, pose)
 
 
 def render(

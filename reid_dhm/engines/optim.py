@@ -9,8 +9,27 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-OPTIMIZERS = ("amsgrad", "adam", "sgd")
-SCHEDULERS = ("multi_step", "step", "cosine", "constant")
+# The names and ranges live in a torch-free module shared with the config schema;
+# check_schedule is re-exported here for callers of the library.
+from ..utils.checks import check_choice
+from ..utils.options import (
+    BETA,
+    LR,
+    MOMENTUM,
+    OPTIMIZERS,
+    SCHEDULERS,
+    WEIGHT_DECAY,
+    check_schedule,
+)
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "build_optimizer",
+    "build_scheduler",
+    "check_schedule",
+    "set_base_lr",
+]
 
 
 def build_optimizer(
@@ -27,10 +46,14 @@ def build_optimizer(
     Frozen parameters (staged freezing) stay in the optimizer: they get no gradient
     while frozen, so neither the update nor weight decay touches them.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid optimizers are {list(OPTIMIZERS)}")
-    if not lr > 0:
-        raise ValueError(f"optim.lr must be > 0, got {lr!r}")
+    check_choice(name, OPTIMIZERS, "optimizer")
+    LR.check(lr, "optim.lr")
+    WEIGHT_DECAY.check(weight_decay, "optim.weight_decay")
+    MOMENTUM.check(momentum, "optim.momentum")
+    if len(betas) != 2:
+        raise ValueError(f"optim.betas must be two numbers, got {list(betas)!r}")
+    for beta in betas:
+        BETA.check(beta, "optim.betas")
     params = [p for p in model.parameters()]
     if name in ("amsgrad", "adam"):
         return torch.optim.Adam(
@@ -39,41 +62,6 @@ def build_optimizer(
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
     )
-
-
-def check_schedule(
-    name: str = "multi_step",
-    milestones: Sequence[int] = (20, 40),
-    gamma: float = 0.1,
-    step_size: int = 30,
-    max_epoch: int = 60,
-    warmup_epochs: int = 0,
-    warmup_start: float | None = None,
-) -> None:
-    """Validate :func:`build_scheduler`'s arguments; errors name the ``scheduler.*`` key.
-
-    Cheap and torch-free in effect, so tools call it right after reading the config,
-    before any data is loaded.
-    """
-    if name not in SCHEDULERS:
-        raise ValueError(
-            f"unknown scheduler.name {name!r}; valid schedulers are {list(SCHEDULERS)}"
-        )
-    if name == "step" and step_size < 1:
-        raise ValueError(f"scheduler.step_size must be >= 1, got {step_size!r}")
-    if name in ("multi_step", "step") and not gamma > 0:
-        raise ValueError(f"scheduler.gamma must be > 0 (the lr is multiplied by it), got {gamma!r}")
-    if name == "multi_step" and any(int(m) != m or m < 1 for m in milestones):
-        raise ValueError(f"scheduler.milestones must be epochs >= 1, got {list(milestones)!r}")
-    if warmup_epochs < 0:
-        raise ValueError(f"scheduler.warmup_epochs must be >= 0, got {warmup_epochs!r}")
-    if warmup_start is not None and not 0 < warmup_start <= 1:
-        raise ValueError(f"scheduler.warmup_start must be in (0, 1], got {warmup_start!r}")
-    if warmup_epochs and warmup_epochs >= max_epoch >= 1:
-        raise ValueError(
-            f"scheduler.warmup_epochs={warmup_epochs} must be < train.max_epoch={max_epoch}: "
-            "the warm-up would end after training and never reach the peak lr"
-        )
 
 
 def build_scheduler(

@@ -18,6 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 from torchreid.reid.data.sampler import RandomIdentitySampler
 
+from ..utils.options import check_identity_batch
 from . import distributed as dist
 from .seeding import EpochIndexSampler, EpochSeededDataset, ignore_sigint
 
@@ -115,11 +116,7 @@ def reid_train_loader(
     dataset = old.dataset
     per_process = dist.per_process_batch(batch_size)
     if sampler == "identity":
-        if per_process % num_instances:
-            raise ValueError(
-                f"the per-process batch {per_process} must be a multiple of num_instances "
-                f"{num_instances} so identity groups are not split between processes"
-            )
+        check_identity_batch(batch_size, num_instances, batch_size // per_process)
         warn_short_identities(dataset.train, num_instances)
         base = RandomIdentitySampler(dataset.train, batch_size, num_instances)
         chosen = BlockShardSampler(base, per_process, seed)

@@ -6,10 +6,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from ..utils.branches import MAIN
 from ..utils.checks import branch_name_tuple, check_int
-
-POLICIES = ("fixed", "bernoulli")
-MAIN = "main"
+from ..utils.options import BRANCH_P, POLICIES  # stated once, shared with the config schema
 
 
 class BranchSampler:
@@ -40,8 +39,7 @@ class BranchSampler:
         if unknown:
             raise ValueError(f"unknown branch {unknown[0]!r} in p; branches are {list(self.aux)}")
         for b, v in probs.items():
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"p for {b!r} must be in [0, 1], got {v!r}")
+            BRANCH_P.check(v, f"p for {b!r}")
         self.p = {b: float(probs.get(b, 1.0)) for b in self.aux}
         self.seed = check_int(seed, "BranchSampler seed", low=0)
 

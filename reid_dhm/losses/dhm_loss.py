@@ -17,20 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.checks import branch_name_tuple
-
-MODES = ("baseline", "dsl", "dhm")
-DIRECTIONS = ("bidirectional", "top-down", "bottom-up")
-# Which branches may teach: every one (the paper), every one but the shallowest active
-# branch (the least informed teacher never teaches), or the main branch alone.
-TEACHERS = ("all", "deeper", "main")
-MAIN = "main"
-
-
-def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid {what}s are {list(valid)}")
-    return value
+from ..utils.branches import MAIN
+from ..utils.checks import branch_name_tuple, check_choice
+from ..utils.options import (  # stated once, shared with the config schema
+    DIRECTIONS,
+    KL_WARMUP_EPOCHS,
+    KL_WEIGHT,
+    LABEL_SMOOTH,
+    MODES,
+    TEACHERS,
+    TEMPERATURE,
+    TRIPLET_MARGIN,
+    TRIPLET_WEIGHT,
+)
 
 
 def mimicking_pairs(
@@ -45,10 +44,10 @@ def mimicking_pairs(
     every branch but the shallowest one in ``branches`` teaches; ``main``: only the
     main branch teaches.
     """
-    _choice(direction, DIRECTIONS, "direction")
-    _choice(teachers, TEACHERS, "kl_teachers value")
+    check_choice(direction, DIRECTIONS, "direction")
+    check_choice(teachers, TEACHERS, "kl_teachers value")
     order = list(branches)
-    if teachers == "main":
+    if teachers == MAIN:
         allowed = {MAIN}
     elif teachers == "deeper":
         allowed = set(order[:-1])
@@ -159,24 +158,20 @@ class DHMLoss(nn.Module):
         triplet_soft: bool = False,
     ):
         super().__init__()
-        self.mode = _choice(mode, MODES, "mode")
-        self.direction = _choice(direction, DIRECTIONS, "direction")
-        self.kl_teachers = _choice(kl_teachers, TEACHERS, "kl_teachers value")
-        if self.kl_teachers == "main" and self.direction == "bottom-up":
+        self.mode = check_choice(mode, MODES, "mode")
+        self.direction = check_choice(direction, DIRECTIONS, "direction")
+        self.kl_teachers = check_choice(kl_teachers, TEACHERS, "kl_teachers value")
+        if self.kl_teachers == MAIN and self.direction == "bottom-up":
             raise ValueError(
                 "kl_teachers='main' with direction='bottom-up' leaves no KL pair (bottom-up "
                 "teachers are shallower than their students; main is the deepest branch)"
             )
         if isinstance(kl_warmup_epochs, bool) or not isinstance(kl_warmup_epochs, int):
             raise ValueError(f"kl_warmup_epochs must be an integer, got {kl_warmup_epochs!r}")
-        if kl_warmup_epochs < 0:
-            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs!r}")
-        if not 0.0 <= label_smooth < 1.0:
-            raise ValueError(f"label_smooth must be in [0, 1), got {label_smooth!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if kl_weight < 0:
-            raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
+        KL_WARMUP_EPOCHS.check(kl_warmup_epochs, "kl_warmup_epochs")
+        LABEL_SMOOTH.check(label_smooth, "label_smooth")
+        TEMPERATURE.check(temperature, "temperature")
+        KL_WEIGHT.check(kl_weight, "kl_weight")
         self.label_smooth = float(label_smooth)
         self.temperature = float(temperature)
         if ce_weights is not None and not isinstance(ce_weights, Mapping):
@@ -187,10 +182,8 @@ class DHMLoss(nn.Module):
         self.kl_weight = float(kl_weight)
         self.kl_warmup_epochs = kl_warmup_epochs
         self.epoch = 0
-        if triplet_weight < 0:
-            raise ValueError(f"triplet_weight must be >= 0, got {triplet_weight!r}")
-        if triplet_margin < 0:
-            raise ValueError(f"triplet_margin must be >= 0, got {triplet_margin!r}")
+        TRIPLET_WEIGHT.check(triplet_weight, "triplet_weight")
+        TRIPLET_MARGIN.check(triplet_margin, "triplet_margin")
         self.triplet_weight = float(triplet_weight)
         self.triplet_margin = float(triplet_margin)
         self.triplet_soft = bool(triplet_soft)

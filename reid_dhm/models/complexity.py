@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .dhm import MAIN, DHMNet, count_parameters
+from .dhm import BRANCH_STYLES, MAIN, DHMNet, count_parameters
 
 
 def _flops(fn, *args) -> int:
@@ -83,3 +83,36 @@ def branch_costs(model: DHMNet, input_size: tuple[int, int] = (256, 128)) -> Ord
     finally:
         model.train(was_training)
     return rows
+
+
+def style_costs(
+    name: str,
+    num_classes: int,
+    input_size: tuple[int, int] = (256, 128),
+    branches=None,
+    branch_style: str = "paper",
+) -> list[tuple[str, OrderedDict, int]]:
+    """:func:`branch_costs` of the registry model ``name`` for one branch style, or both.
+
+    Args:
+        name: a registry model name; num_classes: its classifier size.
+        input_size: (H, W) of the input image.
+        branches: the aux branches (None: the model's default).
+        branch_style: ``'paper'``, ``'mirror'`` or ``'both'`` (one entry per style).
+
+    Returns:
+        ``[(title, rows, the model's class count), ...]``: the title is ``name``, with
+        the style added unless only the paper's style was asked for.
+    """
+    from .registry import build_model
+
+    kwargs = {} if branches is None else {"branches": branches}
+    styles = BRANCH_STYLES if branch_style == "both" else (branch_style,)
+    out = []
+    for style in styles:
+        # Only a non-default style is passed: models without the option still work.
+        extra = {} if style == "paper" else {"branch_style": style}
+        model = build_model(name, num_classes, **kwargs, **extra)
+        title = f"{name} (branch style {style})" if branch_style != "paper" else name
+        out.append((title, branch_costs(model, input_size), model.num_classes))
+    return out

@@ -9,15 +9,17 @@ lives here once, for every architecture.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import Tensor, nn
 
+from ..utils.branches import MAIN
 from ..utils.checks import branch_name_tuple, check_int
 from .outputs import BranchOutputs
 
-MAIN = "main"
 AUX_PREFIX = "aux_branches."
 # How auxiliary branches are built: each architecture's recipe table ("paper"), or
 # fresh copies of the main path's own stages after the fork ("mirror").
@@ -99,9 +101,13 @@ class DHMNet(nn.Module):
     Subclasses must set, before calling ``_set_branches``:
 
     * ``stage_names``: main-path stage attribute names in forward order;
-    * ``global_avgpool``, ``classifier`` and ``feature_dim`` for the main branch;
-    * ``init_kwargs``: the constructor arguments, so ``deploy()`` can rebuild the
-      same architecture without branches.
+    * ``global_avgpool``, ``classifier`` and ``feature_dim`` for the main branch.
+
+    ``init_kwargs`` (what ``deploy()`` rebuilds the architecture from, and checkpoints
+    store) is recorded for every subclass by the base: the outermost constructor's
+    arguments, defaults filled in, ``branches`` as built. A constructor that normalises
+    another argument (e.g. fills a default from a table) writes that value into
+    ``self.init_kwargs`` itself, and it is kept.
 
     ``forward`` returns :class:`BranchOutputs` in training mode and the main
     embedding, shape (B, feature_dim), in eval mode.
@@ -111,6 +117,12 @@ class DHMNet(nn.Module):
     # Total down-sampling of the main path; an input smaller than this in height or width
     # collapses to a 1x1 map long before the end (configs are checked against it).
     input_stride: int = 1
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every subclass constructor is wrapped, so no backbone repeats the bookkeeping.
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__init__)
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +141,14 @@ class DHMNet(nn.Module):
         self.bnneck = make_bnneck(self.feature_dim) if neck == "bnneck" else None
         self.classifier = nn.Linear(self.feature_dim, num_classes, bias=neck == "none")
         self.eval_feature = eval_feature
+
+    def _set_bn_relu_head(self, channels: int, num_classes: int) -> None:
+        """A pre-activation network's last stages ``bn`` and ``relu``, global pooling and
+        the main classifier (no neck) on ``channels`` features."""
+        self.bn, self.relu = bn_relu(channels)
+        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = channels
+        self._set_head(num_classes)
 
     @property
     def neck(self) -> str:
@@ -307,6 +327,43 @@ class DHMNet(nn.Module):
         return plain.eval()
 
 
+def _recording_init(init: Callable) -> Callable:
+    """``init`` that, for the outermost class only, records its arguments in ``init_kwargs``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        # A subclass's constructor calling its parent's: only the class being built records.
+        if type(self).__init__ is __init__:
+            self.init_kwargs = _recorded_arguments(self, signature, args, kwargs)
+
+    return __init__
+
+
+def _recorded_arguments(model: DHMNet, signature: inspect.Signature, args, kwargs) -> dict:
+    """The constructor's keyword arguments as ``deploy()`` and checkpoints need them."""
+    bound = signature.bind(model, *args, **kwargs)
+    bound.apply_defaults()
+    params = list(signature.parameters.values())
+    recorded = {}
+    for name, value in list(bound.arguments.items())[1:]:  # [0] is self
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            recorded.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            recorded[name] = value
+    if "branches" in recorded:
+        # Resolved as built: "aux2,aux1" and ["aux2", "aux1"] are both ('aux1', 'aux2').
+        recorded["branches"] = tuple(model.aux_branches)
+    # Values the constructor stored itself (normalised ones) win over the raw arguments.
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    for name, value in model.init_kwargs.items():
+        if name in recorded or accepts_any:
+            recorded[name] = value
+    return recorded
+
+
 def init_weights(model: nn.Module) -> None:
     """The initialisation every registry model uses.
 
@@ -330,6 +387,11 @@ def init_weights(model: nn.Module) -> None:
 
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
+
+
+def bn_relu(channels: int) -> list[nn.Module]:
+    """``[BatchNorm2d(channels), ReLU]``: a pre-activation network's closing pair."""
+    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
 
 
 def check_num_classes(num_classes: int) -> int:

@@ -1,183 +1,155 @@
 """The one flat model registry.
 
-Every model is listed explicitly in ``_builtin_entries`` (no registration by import
-side effects); ``register_model`` adds user models and refuses duplicate names.
+Built-in models are declared beside their backbone: every module of
+:mod:`reid_dhm.models.backbones` holds a ``MODELS`` table of ``(name, ModelEntry)``
+pairs, and the registry walks that package on first use, so a new backbone is one file
+there and nothing else. ``register_model`` adds user models and refuses duplicate names.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
-from collections.abc import Callable, Mapping
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 
 from torch import Tensor
 
-from .cifar_resnet import DHMCifarResNet
-from .densenet import DHMCifarDenseNet
 from .dhm import DHMNet, check_num_classes
-from .mobilenetv2 import DHMMobileNetV2, convert_torchvision_mobilenetv2
-from .osnet import DHMOSNet
-from .resnet import DHMResNet
 from .weights import hub_weight_path, load_backbone_weights
-from .wrn import DHMWideResNet
+
+# The optional architecture keywords the config layer maps onto a model (model.neck,
+# model.last_stride, model.branch_style, test.feature); an entry states which it takes.
+OPTIONS = ("neck", "last_stride", "branch_style", "eval_feature")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to build one registered model.
+    """How to build one registered model, and what it offers.
 
     Attributes:
         builder: ``builder(num_classes, **kwargs) -> DHMNet``.
         description: one line for ``list_models`` / docs.
         hub_files: torchvision ImageNet weight file names looked up for ``pretrained=True``.
         converter: maps a torchvision-layout state dict onto the model (if layouts differ).
+        options: which of :data:`OPTIONS` the builder accepts; left out (None), they are
+            read off the builder's signature (how a user's ``register_model`` callable
+            gets them). Always a ``frozenset`` once the entry exists.
+        input_stride: total down-sampling of the main path (inputs must be at least this
+            big); left out, the builder class's ``input_stride`` (1 if it has none).
     """
 
     builder: Callable[..., DHMNet]
     description: str
     hub_files: tuple[str, ...] = ()
     converter: Callable | None = None
+    options: frozenset[str] | None = None
+    input_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        # frozen: fill the derived fields through object.__setattr__, once, here.
+        options = _signature_options(self.builder) if self.options is None else self.options
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown model option {unknown[0]!r}; options are {list(OPTIONS)}")
+        object.__setattr__(self, "options", frozenset(options))
+        if self.input_stride is None:
+            object.__setattr__(self, "input_stride", _builder_class_stride(self.builder))
 
 
-_RESNET_HUB = {
-    18: ("resnet18-f37072fd.pth",),
-    34: ("resnet34-b627a593.pth",),
-    50: ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth", "resnet50-19c8e357.pth"),
-    101: ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth", "resnet101-5d3b4d8f.pth"),
-    152: ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth", "resnet152-b121ed2d.pth"),
-}
-_MOBILENET_HUB = ("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth")
+def _signature_options(builder: Callable) -> frozenset[str]:
+    """The :data:`OPTIONS` that ``builder`` takes as keywords (all, if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: assume it takes them all
+        return frozenset(OPTIONS)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return frozenset(OPTIONS)
+    return frozenset(k for k in OPTIONS if k in params)
 
 
-def _builtin_entries() -> list[tuple[str, ModelEntry]]:
-    entries = []
-    for depth, files in _RESNET_HUB.items():
-        entries.append(
-            (
-                f"dhm_resnet{depth}",
-                ModelEntry(
-                    partial(DHMResNet, depth),
-                    f"ResNet-{depth} with DHM branches aux1 (from layer3) and aux2 (from layer2)",
-                    files,
-                ),
-            )
-        )
-        entries.append(
-            (
-                f"resnet{depth}",
-                ModelEntry(
-                    partial(DHMResNet, depth, branches=()),
-                    f"plain ResNet-{depth} (torchreid/torchvision layout)",
-                    files,
-                ),
-            )
-        )
-    entries.append(
-        (
-            "dhm_mobilenetv2",
-            ModelEntry(
-                DHMMobileNetV2,
-                "MobileNetV2 (torchreid layout) with DHM branches aux1 (conv6) and aux2 (conv4)",
-                _MOBILENET_HUB,
-                convert_torchvision_mobilenetv2,
-            ),
-        )
+def _builder_class_stride(builder: Callable) -> int:
+    while isinstance(builder, partial):  # partial(DHMResNet, 50) -> DHMResNet
+        builder = builder.func
+    return int(getattr(builder, "input_stride", 1))
+
+
+def model_pair(
+    name: str, builder: Callable[..., DHMNet], dhm: str, plain: str, **fields
+) -> tuple[tuple[str, ModelEntry], tuple[str, ModelEntry]]:
+    """The two entries most backbones offer: ``dhm_<name>`` and the plain ``<name>``.
+
+    Args:
+        name: the plain model's name, e.g. ``'resnet50'``.
+        builder: builds the DHM model; the plain one is ``builder`` with ``branches=()``.
+        dhm, plain: the two descriptions.
+        **fields: the other :class:`ModelEntry` fields, shared by both.
+    """
+    return (
+        (f"dhm_{name}", ModelEntry(builder, dhm, **fields)),
+        (name, ModelEntry(partial(builder, branches=()), plain, **fields)),
     )
-    entries.append(
-        (
-            "mobilenetv2",
-            ModelEntry(
-                partial(DHMMobileNetV2, branches=()),
-                "plain MobileNetV2 (torchreid mobilenetv2_x1_0 layout)",
-                _MOBILENET_HUB,
-                convert_torchvision_mobilenetv2,
-            ),
-        )
-    )
-    for width, tag in ((1.0, "x1_0"), (0.25, "x0_25")):
-        # torchreid's ImageNet OSNet files, if the user has them in the torch hub cache.
-        hub = (f"osnet_{tag}_imagenet.pth",)
-        entries.append(
-            (
-                f"dhm_osnet_{tag}",
-                ModelEntry(
-                    partial(DHMOSNet, width=width),
-                    f"OSNet-{tag} (torchreid layout) with DHM branches aux1 (conv3), aux2 (conv2)",
-                    hub,
-                ),
-            )
-        )
-        entries.append(
-            (
-                f"osnet_{tag}",
-                ModelEntry(
-                    partial(DHMOSNet, width=width, branches=()),
-                    f"plain OSNet-{tag} (torchreid osnet_{tag} layout)",
-                    hub,
-                ),
-            )
-        )
-    # CIFAR models (32x32 inputs, trained from scratch: no hub weights).
-    cifar = [
-        ("cifar_resnet20", partial(DHMCifarResNet, 20), "CIFAR ResNet-20 (option-A shortcuts)"),
-        ("cifar_resnet32", partial(DHMCifarResNet, 32), "CIFAR ResNet-32 (option-A shortcuts)"),
-        ("cifar_resnet110", partial(DHMCifarResNet, 110), "CIFAR ResNet-110 (option-A shortcuts)"),
-        (
-            "cifar_resnet1202",
-            partial(DHMCifarResNet, 1202),
-            "CIFAR ResNet-1202 (option-A shortcuts)",
-        ),
-        (
-            "cifar_densenet40_12",
-            partial(DHMCifarDenseNet, 40, 12),
-            "CIFAR DenseNet (d=40, k=12)",
-        ),
-        (
-            "cifar_densenet_bc100_12",
-            partial(DHMCifarDenseNet, 100, 12, bottleneck=True, compression=0.5),
-            "CIFAR DenseNet-BC (d=100, k=12, compression 0.5)",
-        ),
-        ("wrn16_8", partial(DHMWideResNet, 16, 8), "Wide ResNet WRN-16-8 (pre-activation)"),
-        ("wrn28_10", partial(DHMWideResNet, 28, 10), "Wide ResNet WRN-28-10 (pre-activation)"),
-    ]
-    for name, builder, description in cifar:
-        entries.append(
-            (
-                f"dhm_{name}",
-                ModelEntry(builder, f"{description} with DHM branches aux1 and aux2"),
-            )
-        )
-        entries.append((name, ModelEntry(partial(builder, branches=()), f"plain {description}")))
-    return entries
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_DISCOVERED = False
+
+
+def _builtin_entries() -> Iterator[tuple[str, ModelEntry]]:
+    """Every ``MODELS`` pair of the modules in :mod:`reid_dhm.models.backbones`."""
+    from . import backbones
+
+    for info in sorted(pkgutil.iter_modules(backbones.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{backbones.__name__}.{info.name}")
+        yield from getattr(module, "MODELS", ())
+
+
+def _registry() -> dict[str, ModelEntry]:
+    """The registry, with the built-in entries found on first use.
+
+    Lazy because the backbone modules import this one (for :class:`ModelEntry`); it also
+    runs before any ``register_model``, so a user model can never take a built-in name.
+    """
+    global _DISCOVERED
+    if not _DISCOVERED:
+        found = list(_builtin_entries())  # all or nothing: a failed import adds none
+        _DISCOVERED = True
+        for name, entry in found:
+            register_model(name, entry)
+    return _REGISTRY
 
 
 def register_model(name: str, entry: ModelEntry | Callable[..., DHMNet]) -> None:
     """Add a model under ``name``; a name that is taken raises ``ValueError``."""
+    registry = _registry()
     if not isinstance(entry, ModelEntry):
         entry = ModelEntry(entry, getattr(entry, "__doc__", "") or name)
-    if name in _REGISTRY:
+    if name in registry:
         raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = entry
-
-
-for _name, _entry in _builtin_entries():
-    register_model(_name, _entry)
+    registry[name] = entry
 
 
 def list_models() -> list[str]:
     """Every registered model name, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
+    """The :class:`ModelEntry` of ``name``; ``ValueError`` listing the valid names if unknown."""
+    registry = _registry()
+    if name not in registry:
         raise ValueError(f"unknown model {name!r}; valid models are {list_models()}")
-    return _REGISTRY[name]
+    return registry[name]
+
+
+def models_with_option(option: str) -> list[str]:
+    """The registered models whose builder accepts ``option`` (one of :data:`OPTIONS`), sorted."""
+    if option not in OPTIONS:
+        raise ValueError(f"unknown model option {option!r}; options are {list(OPTIONS)}")
+    return sorted(n for n, e in _registry().items() if option in e.options)
 
 
 def _check_kwargs(name: str, entry: ModelEntry, kwargs: dict) -> None:

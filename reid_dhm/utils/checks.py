@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 
 def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
@@ -35,3 +37,71 @@ def branch_name_tuple(names: Iterable[str], what: str) -> tuple[str, ...]:
             f"{what} must be a list of branch names, not the string {names!r} (write [{names!r}])"
         )
     return tuple(names)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric range stated once, checked alike by the config schema and the library.
+
+    ``Range(0, 1, high_open=True)`` is ``[0, 1)``; a bound left as None is unbounded.
+    ``nullable`` also admits None (a key whose null means "the library's default").
+    Used as ``Annotated`` metadata it validates a pydantic field (pydantic is only
+    imported then, so library code that merely calls :meth:`check` does not load it).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if value is None:
+            return self.nullable
+        # bool is an int to Python but never a count or a rate here.
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """``'> 0'``, ``'in [0, 1)'``, ``'null or in (0, 1]'``: what a value must be."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        return f"null or {text}" if self.nullable else text
+
+    def check(self, value, name: str):
+        """``value`` unchanged if in range, else ``ValueError('<name> must be ...')``."""
+        if value not in self:
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+        return value
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        from pydantic_core import core_schema
+
+        def validate(value):
+            if value not in self:
+                # The config layer adds the dotted key and the value to this message.
+                raise ValueError(f"must be {self.describe()}")
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+
+def _num(x: float) -> str:
+    """1.0 -> '1', 0.5 -> '0.5': bounds read as people write them."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def check_choice(value, valid: Sequence, name: str, plural: str | None = None):
+    """``value`` if one of ``valid``, else ``ValueError('unknown <name> ...; valid ... are')``."""
+    if value not in valid:
+        plural = plural or f"{name}s"
+        raise ValueError(f"unknown {name} {value!r}; valid {plural} are {list(valid)}")
+    return value

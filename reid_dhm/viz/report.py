@@ -1,10 +1,10 @@
 """A self-contained HTML evaluation report: metrics, CMC, hardest queries, camera pairs.
 
-``write_report`` turns an evaluation (features, labels, image paths and the
-``evaluate`` result of every branch) into one folder that opens offline in any
-browser: ``index.html`` (inline CSS, an inline SVG CMC curve, a few lines of
-JavaScript to sort tables) and ``images/`` with small JPEG copies of the query and
-gallery images shown. Nothing links back to the data folder, so the report can be
+``write_report`` turns a :class:`~reid_dhm.retrieval.result.ReidEvaluation`
+(features, labels, image paths and the ``evaluate`` result of every branch) into one
+folder that opens offline in any browser: ``index.html`` (inline CSS, an inline SVG CMC
+curve, a few lines of JavaScript to sort tables) and ``images/`` with small JPEG copies
+of the query and gallery images shown. Nothing links back to the data folder, so the report can be
 zipped, mailed or published as it is.
 
 Contents: the metrics table (every evaluated branch), the CMC curve, mAP / mINP,
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .retrieval import KReciprocalReranker, cmc_at, evaluate
-from .retrieval.distance import DistanceBlocks
+from ..retrieval import evaluate
+from ..retrieval.result import ReidEvaluation
+from ..utils.branches import MAIN
 
 THUMB = (128, 64)  # (H, W) of the copied thumbnails
 
@@ -187,19 +188,8 @@ def _camera_table(pairs: Mapping[tuple[int, int], Mapping]) -> str:
 
 def write_report(
     out_dir: str | os.PathLike,
-    results: Mapping[str, Mapping],
-    qf,
-    gf,
-    q_pids: Sequence[int],
-    g_pids: Sequence[int],
-    q_camids: Sequence[int],
-    g_camids: Sequence[int],
-    q_paths: Sequence[str],
-    g_paths: Sequence[str],
+    evaluation: ReidEvaluation,
     *,
-    metric: str = "euclidean",
-    rerank: bool = False,
-    ranks: Sequence[int] = (1, 5, 10, 20),
     title: str = "reid-dhm evaluation",
     info: Mapping[str, str] | None = None,
     config: Mapping | None = None,
@@ -209,12 +199,8 @@ def write_report(
     """Write the report folder ``out_dir`` (replacing an earlier report there).
 
     Args:
-        results: ``{branch: evaluate(...) result}``, main first; the main branch's
-            per-query ``AP`` picks the hardest queries.
-        qf, gf: (Q, D) / (G, D) main-branch features the results were computed on.
-        q_pids, g_pids, q_camids, g_camids: (Q,) / (G,) labels; q_paths, g_paths: the
-            image files (copied as thumbnails, never linked).
-        metric, rerank: how the results were ranked (the top-k shown use the same).
+        evaluation: what is reported; its main branch's per-query ``AP`` picks the
+            hardest queries, whose top-k use the evaluation's own distance.
         info: lines for the header (dataset, checkpoint, ...).
         config: the run's resolved config (shown as JSON).
         hardest, topk: how many queries (lowest AP) and gallery images per query.
@@ -224,60 +210,53 @@ def write_report(
         into place when complete, so a failure never leaves a half-written report.
     """
     out_dir = Path(out_dir)
-    main = next(iter(results))
-    qf = torch.as_tensor(qf, dtype=torch.float32)
-    gf = torch.as_tensor(gf, dtype=torch.float32)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (work / "images").mkdir()
-        body = [f"<h1>{html.escape(title)}</h1>"]
-        meta = dict(info or {})
-        meta.setdefault("written", time.strftime("%Y-%m-%d %H:%M:%S"))
-        meta.setdefault("distance", f"{metric}{', k-reciprocal re-ranking' if rerank else ''}")
-        body.append(
-            '<p class="meta">'
-            + "<br>".join(
-                f"<b>{html.escape(k)}</b>: {html.escape(str(v))}" for k, v in meta.items()
-            )
-            + "</p>"
-        )
-        body.append(_metrics_section(results, ranks))
-        body.append("<h2>CMC curve</h2>" + _cmc_svg(results))
-        body.append(
-            _hardest_section(
-                work, results[main], qf, gf, q_pids, g_pids, q_camids, g_camids,
-                q_paths, g_paths, metric, rerank, hardest, topk,
-            )
-        )  # fmt: skip
-        pairs = camera_pairs(qf, gf, q_pids, g_pids, q_camids, g_camids, metric)
-        body.append(
-            "<h2>Per camera pair (main branch, mAP / Rank-1 %)</h2>"
-            '<p class="meta">Each query camera against the gallery images of one other camera '
-            f"alone ({metric} distance{', without re-ranking' if rerank else ''}).</p>"
-            + (_camera_table(pairs) if pairs else "<p>no camera pair has a valid query</p>")
-        )
-        if config is not None:
-            text = json.dumps(config, indent=1, default=str)
-            body.append(f'<h2>Config</h2><pre id="config">{html.escape(text)}</pre>')
-        page = (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-            + "\n".join(body)
-            + f"<script>{_JS}</script></body></html>\n"
-        )
+        page = _page(work, evaluation, title, info, config, hardest, topk)
         (work / "index.html").write_text(page, encoding="utf-8")
-        (work / "metrics.json").write_text(
-            json.dumps({b: _row(r, ranks) for b, r in results.items()}, indent=1)
-        )
+        (work / "metrics.json").write_text(json.dumps(evaluation.table(), indent=1))
         os.chmod(work, 0o755)
         _replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out_dir / "index.html"
+
+
+def _page(work: Path, ev: ReidEvaluation, title, info, config, hardest, topk) -> str:
+    """The whole ``index.html`` text; thumbnails are written into ``work/images``."""
+    metric, rerank = ev.metric, ev.rerank
+    q, g = ev.query, ev.gallery
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    meta = dict(info or {})
+    meta.setdefault("written", time.strftime("%Y-%m-%d %H:%M:%S"))
+    meta.setdefault("distance", f"{metric}{', k-reciprocal re-ranking' if rerank else ''}")
+    body.append(
+        '<p class="meta">'
+        + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(str(v))}" for k, v in meta.items())
+        + "</p>"
+    )
+    body.append(_metrics_section(ev.table(), ev.ranks))
+    body.append("<h2>CMC curve</h2>" + _cmc_svg(ev.raw))
+    body.append(_hardest_section(work, ev, hardest, topk))
+    pairs = camera_pairs(q.features, g.features, q.pids, g.pids, q.camids, g.camids, metric)
+    body.append(
+        "<h2>Per camera pair (main branch, mAP / Rank-1 %)</h2>"
+        '<p class="meta">Each query camera against the gallery images of one other camera '
+        f"alone ({metric} distance{', without re-ranking' if rerank else ''}).</p>"
+        + (_camera_table(pairs) if pairs else "<p>no camera pair has a valid query</p>")
+    )
+    if config is not None:
+        text = json.dumps(config, indent=1, default=str)
+        body.append(f'<h2>Config</h2><pre id="config">{html.escape(text)}</pre>')
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        + "\n".join(body)
+        + f"<script>{_JS}</script></body></html>\n"
+    )
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -291,24 +270,14 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _row(res: Mapping, ranks: Sequence[int]) -> dict:
-    return {
-        "mAP": float(res["mAP"]),
-        "mINP": float(res["mINP"]),
-        **{f"rank{r}": v for r, v in cmc_at(res, ranks).items()},
-        "num_valid_queries": int(res["num_valid_queries"]),
-    }
-
-
-def _metrics_section(results: Mapping[str, Mapping], ranks: Sequence[int]) -> str:
+def _metrics_section(table: Mapping[str, Mapping], ranks: Sequence[int]) -> str:
     head = "".join(f"<th>R{r}</th>" for r in ranks)
     rows = [
         "<h2>Metrics (%)</h2>",
         '<table class="sortable" id="metrics"><thead><tr><th class="l">branch</th><th>mAP</th>'
         f"<th>mINP</th>{head}<th>valid queries</th></tr></thead><tbody>",
     ]
-    for branch, res in results.items():
-        row = _row(res, ranks)
+    for branch, row in table.items():
         cells = [("mAP", row["mAP"]), ("mINP", row["mINP"])]
         cells += [(f"rank{r}", row[f"rank{r}"]) for r in ranks]
         tds = "".join(
@@ -324,22 +293,19 @@ def _metrics_section(results: Mapping[str, Mapping], ranks: Sequence[int]) -> st
     return "".join(rows)
 
 
-def _hardest_section(
-    work, res, qf, gf, q_pids, g_pids, q_camids, g_camids, q_paths, g_paths,
-    metric, rerank, hardest, topk,
-) -> str:  # fmt: skip
+def _hardest_section(work: Path, ev: ReidEvaluation, hardest: int, topk: int) -> str:
+    """The lowest-AP queries of the main branch with their top-k gallery images."""
+    res = ev.raw[MAIN]
+    q, g = ev.query, ev.gallery
+    q_pids, g_pids, q_camids, g_camids = q.pids, g.pids, q.camids, g.camids
     ap = np.asarray(res["AP"], dtype=float)
     valid = np.flatnonzero(np.asarray(res["valid"]))
     picks = valid[np.argsort(ap[valid], kind="stable")[: max(0, hardest)]]
     if picks.size == 0:
         return "<h2>Hardest queries</h2><p>none</p>"
-    if rerank:
-        reranker = KReciprocalReranker(qf, gf, metric, device="cpu")
-        dist = reranker.block(torch.from_numpy(picks)).clone()
-    else:
-        dist = DistanceBlocks(gf, metric)(qf[torch.from_numpy(picks)])
-    k = min(topk, gf.shape[0])
-    order = dist.topk(k, dim=1, largest=False).indices.numpy()
+    # Unlike the ranked PNG, junk stays in the list: the report marks it as ignored.
+    k = min(topk, len(g))
+    order = ev.distances(picks).topk(k, dim=1, largest=False).indices.numpy()
     parts = [
         f"<h2>Hardest queries (lowest AP, main branch, top {k})</h2>",
         '<p class="legend"><span style="color:#1a9e1a">&#9632; true match</span>'
@@ -347,7 +313,7 @@ def _hardest_section(
         '<span style="color:#999">&#9632; junk (same identity and camera: ignored)</span></p>',
     ]
     for i, qi in enumerate(picks):
-        _thumb(q_paths[qi], work / "images" / f"q{i}.jpg")
+        _thumb(q.paths[qi], work / "images" / f"q{i}.jpg")
         cells = [
             f'<div class="t query"><img src="images/q{i}.jpg" alt="query {i}">'
             f"query<br>id {q_pids[qi]} c{q_camids[qi]}<br>AP {_pct(ap[qi])}</div>"
@@ -356,12 +322,12 @@ def _hardest_section(
             same = g_pids[gi] == q_pids[qi]
             kind = ("junk" if g_camids[gi] == q_camids[qi] else "true") if same else "false"
             name = f"q{i}_g{j}.jpg"
-            _thumb(g_paths[gi], work / "images" / name)
+            _thumb(g.paths[gi], work / "images" / name)
             cells.append(
                 f'<div class="t {kind}" data-kind="{kind}"><img src="images/{name}" '
                 f'alt="rank {j + 1}">{j + 1}: {kind}<br>id {g_pids[gi]} c{g_camids[gi]}</div>'
             )
-        parts.append(f'<div class="q" data-query="{html.escape(Path(q_paths[qi]).name)}">')
+        parts.append(f'<div class="q" data-query="{html.escape(Path(q.paths[qi]).name)}">')
         parts += cells
         parts.append("</div>")
     return "".join(parts)

@@ -24,10 +24,12 @@ their ``fc`` is our ``classifier``).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import (
+from ..dhm import (
     AuxBranch,
     DHMNet,
     check_branch_style,
@@ -35,6 +37,7 @@ from .dhm import (
     init_weights,
     resolve_branches,
 )
+from ..registry import model_pair
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
@@ -170,13 +173,8 @@ class DHMCifarResNet(DHMNet):
         n = (depth - 2) // 6
         if branches and branch_style == "paper":
             branch_blocks = check_branch_blocks(branch_blocks, depth, BRANCH_BLOCKS, "ResNet")
-        self.init_kwargs = dict(
-            depth=depth,
-            num_classes=num_classes,
-            branches=branches,
-            branch_blocks=branch_blocks,
-            branch_style=branch_style,
-        )
+        # Recorded as resolved (the table's default filled in), as checkpoints hold it.
+        self.init_kwargs["branch_blocks"] = branch_blocks
 
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -203,3 +201,17 @@ class DHMCifarResNet(DHMNet):
             aux["aux1"] = AuxBranch("layer2", stage, aux1_width, num_classes)
         self._set_branches(aux)
         init_weights(self)
+
+
+# CIFAR models take 32x32 inputs and train from scratch: no hub weights.
+MODELS = tuple(
+    entry
+    for depth in (20, 32, 110, 1202)
+    for entry in model_pair(
+        f"cifar_resnet{depth}",
+        partial(DHMCifarResNet, depth),
+        f"CIFAR ResNet-{depth} (option-A shortcuts) with DHM branches aux1 and aux2",
+        f"plain CIFAR ResNet-{depth} (option-A shortcuts)",
+        options=frozenset({"branch_style"}),
+    )
+)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import (
+from ..dhm import (
     AuxBranch,
     DHMNet,
     check_branch_style,
@@ -37,6 +37,7 @@ from .dhm import (
     init_weights,
     resolve_branches,
 )
+from ..registry import model_pair
 
 # torchreid's main path: stage -> (t, c, n, s)
 _MAIN = OrderedDict(
@@ -135,14 +136,6 @@ class DHMMobileNetV2(DHMNet):
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
         check_branch_style(branch_style)
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
-        self.init_kwargs = dict(
-            num_classes=num_classes,
-            branches=branches,
-            width_mult=width_mult,
-            branch_style=branch_style,
-            neck=neck,
-            eval_feature=eval_feature,
-        )
 
         def ch(c: int) -> int:
             return int(c * width_mult)
@@ -232,3 +225,15 @@ def convert_torchvision_mobilenetv2(
     out[extra + "bn.running_mean"] = torch.zeros(c)
     out[extra + "bn.running_var"] = torch.full((c,), 1.0 - eps)
     return out
+
+
+MODELS = model_pair(
+    "mobilenetv2",
+    DHMMobileNetV2,
+    "MobileNetV2 (torchreid layout) with DHM branches aux1 (conv6) and aux2 (conv4)",
+    "plain MobileNetV2 (torchreid mobilenetv2_x1_0 layout)",
+    # torchvision's ImageNet files, in the local torch hub cache if the user has them.
+    hub_files=("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth"),
+    converter=convert_torchvision_mobilenetv2,
+    options=frozenset({"neck", "branch_style", "eval_feature"}),
+)

@@ -17,11 +17,14 @@ Main-path module names equal the authors' (``conv``, ``layer1``..``layer3``, ``b
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dhm import AuxBranch, DHMNet, bn_relu, check_num_classes, init_weights, resolve_branches
+from ..registry import model_pair
 from .cifar_resnet import check_branch_blocks
-from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
@@ -73,10 +76,6 @@ def make_wide_stage(
     return nn.Sequential(*layers)
 
 
-def _bn_relu(channels: int) -> list[nn.Module]:
-    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-
-
 class DHMWideResNet(DHMNet):
     """WRN-depth-widen (pre-activation) with optional DHM auxiliary branches.
 
@@ -116,14 +115,8 @@ class DHMWideResNet(DHMNet):
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         if branches:
             branch_blocks = check_branch_blocks(branch_blocks, depth, BRANCH_BLOCKS, "WRN")
-        self.init_kwargs = dict(
-            depth=depth,
-            widen=widen,
-            num_classes=num_classes,
-            branches=branches,
-            dropout=dropout,
-            branch_blocks=branch_blocks,
-        )
+        # Recorded as resolved (the table's default filled in), as checkpoints hold it.
+        self.init_kwargs["branch_blocks"] = branch_blocks
         n = (depth - 4) // 6
         w1, w2, w3 = 16 * widen, 32 * widen, 64 * widen
 
@@ -131,11 +124,7 @@ class DHMWideResNet(DHMNet):
         self.layer1 = make_wide_stage(16, w1, n, 1, dropout)
         self.layer2 = make_wide_stage(w1, w2, n, 2, dropout)
         self.layer3 = make_wide_stage(w2, w3, n, 2, dropout)
-        self.bn = nn.BatchNorm2d(w3)
-        self.relu = nn.ReLU(inplace=True)
-        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = w3
-        self.classifier = nn.Linear(w3, num_classes)
+        self._set_bn_relu_head(w3, num_classes)
 
         aux = {}
         if "aux2" in branches:
@@ -143,13 +132,27 @@ class DHMWideResNet(DHMNet):
             body = nn.Sequential(
                 make_wide_stage(w1, w2, a, 2, dropout),
                 make_wide_stage(w2, w3, b, 2, dropout),
-                *_bn_relu(w3),
+                *bn_relu(w3),
             )
             aux["aux2"] = AuxBranch("layer1", body, w3, num_classes)
         if "aux1" in branches:
             _, (c,) = branch_blocks
             w4 = 128 * widen
-            body = nn.Sequential(make_wide_stage(w2, w4, c, 2, dropout), *_bn_relu(w4))
+            body = nn.Sequential(make_wide_stage(w2, w4, c, 2, dropout), *bn_relu(w4))
             aux["aux1"] = AuxBranch("layer2", body, w4, num_classes)
         self._set_branches(aux)
         init_weights(self)
+
+
+# CIFAR models take 32x32 inputs and train from scratch: no hub weights, no options.
+MODELS = tuple(
+    entry
+    for depth, widen in ((16, 8), (28, 10))
+    for entry in model_pair(
+        f"wrn{depth}_{widen}",
+        partial(DHMWideResNet, depth, widen),
+        f"Wide ResNet WRN-{depth}-{widen} (pre-activation) with DHM branches aux1 and aux2",
+        f"plain Wide ResNet WRN-{depth}-{widen} (pre-activation)",
+        options=frozenset(),
+    )
+)

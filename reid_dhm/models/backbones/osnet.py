@@ -30,10 +30,13 @@ has the main branch's size. The training cost is measured by ``tools/summary.py`
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dhm import AuxBranch, DHMNet, check_head, check_num_classes, init_weights, resolve_branches
+from ..dhm import AuxBranch, DHMNet, check_head, check_num_classes, init_weights, resolve_branches
+from ..registry import model_pair
 
 # width -> channels of conv1, conv2, conv3, conv4 (torchreid's osnet_x*_*)
 WIDTHS = {1.0: (64, 256, 384, 512), 0.75: (48, 192, 288, 384), 0.5: (32, 128, 192, 256),
@@ -168,10 +171,6 @@ class DHMOSNet(DHMNet):
         if width not in WIDTHS:
             raise ValueError(f"unknown OSNet width {width!r}; valid widths are {sorted(WIDTHS)}")
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
-        self.init_kwargs = dict(
-            num_classes=num_classes, width=width, branches=branches, neck=neck,
-            eval_feature=eval_feature,
-        )  # fmt: skip
         ch = WIDTHS[width]
         self.conv1 = ConvLayer(3, ch[0], 7, stride=2, padding=3)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -210,3 +209,18 @@ class DHMOSNet(DHMNet):
 
 
 __all__ = ["AUX_BRANCHES", "DHMOSNet", "OSBlock", "WIDTHS"]
+
+
+MODELS = tuple(
+    entry
+    for width, tag in ((1.0, "x1_0"), (0.25, "x0_25"))
+    for entry in model_pair(
+        f"osnet_{tag}",
+        partial(DHMOSNet, width=width),
+        f"OSNet-{tag} (torchreid layout) with DHM branches aux1 (conv3), aux2 (conv2)",
+        f"plain OSNet-{tag} (torchreid osnet_{tag} layout)",
+        # torchreid's ImageNet OSNet files, if the user has them in the torch hub cache.
+        hub_files=(f"osnet_{tag}_imagenet.pth",),
+        options=frozenset({"neck", "eval_feature"}),
+    )
+)

@@ -23,9 +23,11 @@ layer4), so every branch is the main network's tail with its own weights.
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 
-from .dhm import (
+from ..dhm import (
     AuxBranch,
     DHMNet,
     check_branch_style,
@@ -34,6 +36,7 @@ from .dhm import (
     init_weights,
     resolve_branches,
 )
+from ..registry import model_pair
 
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -173,15 +176,6 @@ class DHMResNet(DHMNet):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
         check_branch_style(branch_style)
         branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
-        self.init_kwargs = dict(
-            depth=depth,
-            num_classes=num_classes,
-            branches=branches,
-            last_stride=last_stride,
-            branch_style=branch_style,
-            neck=neck,
-            eval_feature=eval_feature,
-        )
         block, layers, _ = _SPECS[depth]
         exp = block.expansion
 
@@ -231,3 +225,26 @@ def to_torchvision_state_dict(state: dict) -> dict:
         ("fc" + k[len("classifier") :] if k.startswith("classifier.") else k): v
         for k, v in state.items()
     }
+
+
+# torchvision's ImageNet weight files of each depth, looked up (never downloaded) in the
+# local torch hub cache for pretrained=True.
+HUB_FILES = {
+    18: ("resnet18-f37072fd.pth",),
+    34: ("resnet34-b627a593.pth",),
+    50: ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth", "resnet50-19c8e357.pth"),
+    101: ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth", "resnet101-5d3b4d8f.pth"),
+    152: ("resnet152-394f9c45.pth", "resnet152-f82ba261.pth", "resnet152-b121ed2d.pth"),
+}
+MODELS = tuple(
+    entry
+    for depth, files in HUB_FILES.items()
+    for entry in model_pair(
+        f"resnet{depth}",
+        partial(DHMResNet, depth),
+        f"ResNet-{depth} with DHM branches aux1 (from layer3) and aux2 (from layer2)",
+        f"plain ResNet-{depth} (torchreid/torchvision layout)",
+        hub_files=files,
+        options=frozenset({"neck", "last_stride", "branch_style", "eval_feature"}),
+    )
+)

@@ -22,13 +22,15 @@ Main-path module names equal the authors' (``conv1``, ``layer1``, ``transition1`
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dhm import AuxBranch, DHMNet, bn_relu, check_num_classes, init_weights, resolve_branches
+from ..registry import model_pair
 from .cifar_resnet import check_branch_blocks
-from .dhm import AuxBranch, DHMNet, check_num_classes, init_weights, resolve_branches
 
 AUX_BRANCHES = ("aux1", "aux2")
 DEFAULT_BRANCHES = AUX_BRANCHES
@@ -108,10 +110,6 @@ def make_dense_block(
     return block, in_channels + layers * growth
 
 
-def _bn_relu(channels: int) -> list[nn.Module]:
-    return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-
-
 class DHMCifarDenseNet(DHMNet):
     """CIFAR DenseNet / DenseNet-BC with optional DHM auxiliary branches.
 
@@ -176,16 +174,8 @@ class DHMCifarDenseNet(DHMNet):
             known = {d: v for (d, b), v in BRANCH_BLOCKS.items() if b == bool(bottleneck)}
             kind = "DenseNet-BC" if bottleneck else "DenseNet"
             branch_blocks = check_branch_blocks(branch_blocks, depth, known, kind)
-        self.init_kwargs = dict(
-            depth=depth,
-            growth=growth,
-            num_classes=num_classes,
-            branches=branches,
-            bottleneck=bottleneck,
-            compression=compression,
-            dropout=dropout,
-            branch_blocks=branch_blocks,
-        )
+        # Recorded as resolved (the table's default filled in), as checkpoints hold it.
+        self.init_kwargs["branch_blocks"] = branch_blocks
         n = (depth - 4) // per_layer
 
         def transition(c: int) -> tuple[Transition, int]:
@@ -201,11 +191,7 @@ class DHMCifarDenseNet(DHMNet):
         self.transition2, c = transition(c)
         c_fork1 = c
         self.layer3, c = make_dense_block(c, n, growth, bottleneck, dropout)
-        self.bn = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-        self.global_avgpool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = c
-        self.classifier = nn.Linear(c, num_classes)
+        self._set_bn_relu_head(c, num_classes)
 
         aux = {}
         if "aux2" in branches:
@@ -213,12 +199,31 @@ class DHMCifarDenseNet(DHMNet):
             block1, c2 = make_dense_block(c_fork2, a, growth, bottleneck, dropout)
             trans, c2 = transition(c2)
             block2, c2 = make_dense_block(c2, b, growth, bottleneck, dropout)
-            body = nn.Sequential(block1, trans, block2, *_bn_relu(c2))
+            body = nn.Sequential(block1, trans, block2, *bn_relu(c2))
             aux["aux2"] = AuxBranch("transition1", body, c2, num_classes)
         if "aux1" in branches:
             _, (layers,) = branch_blocks
             block, c1 = make_dense_block(c_fork1, layers, 3 * growth, bottleneck, dropout)
-            body = nn.Sequential(block, *_bn_relu(c1))
+            body = nn.Sequential(block, *bn_relu(c1))
             aux["aux1"] = AuxBranch("transition2", body, c1, num_classes)
         self._set_branches(aux)
         init_weights(self)
+
+
+# CIFAR models take 32x32 inputs and train from scratch: no hub weights, no options.
+MODELS = (
+    *model_pair(
+        "cifar_densenet40_12",
+        partial(DHMCifarDenseNet, 40, 12),
+        "CIFAR DenseNet (d=40, k=12) with DHM branches aux1 and aux2",
+        "plain CIFAR DenseNet (d=40, k=12)",
+        options=frozenset(),
+    ),
+    *model_pair(
+        "cifar_densenet_bc100_12",
+        partial(DHMCifarDenseNet, 100, 12, bottleneck=True, compression=0.5),
+        "CIFAR DenseNet-BC (d=100, k=12, compression 0.5) with DHM branches aux1 and aux2",
+        "plain CIFAR DenseNet-BC (d=100, k=12, compression 0.5)",
+        options=frozenset(),
+    ),
+)

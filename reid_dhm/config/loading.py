@@ -1,0 +1,143 @@
+"""Reading configs: YAML files with ``_base_`` inheritance, dotted overrides, dumping.
+
+A recipe file may name one base or a list of bases, relative to itself::
+
+    _base_: _base_/resnet32.yaml            # or [a.yaml, b.yaml]; later bases win
+    loss: {mode: dsl}
+
+Bases are read first (recursively) and the file's own keys are deep-merged on top:
+mappings merge key by key, any other value (lists included) replaces the base's.
+Nothing here knows the schema; :mod:`reid_dhm.config.resolve` checks the keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and file at fault."""
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """One YAML file's top-level mapping as written (``_base_`` not followed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return dict(data)
+
+
+def recipe_layers(path: str | os.PathLike) -> list[tuple[str, dict]]:
+    """``(file, its own keys)`` for ``path`` and all its bases, the deepest base first.
+
+    Each layer is kept apart so that an error names the file that wrote the bad key.
+    A cycle or a missing base is a one-line ConfigError naming the file at fault.
+    """
+    return _layers(Path(path), ())
+
+
+def _layers(path: Path, chain: tuple[Path, ...]) -> list[tuple[str, dict]]:
+    data = read_yaml(path)
+    here = path.resolve()
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return [(str(path), data)]
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of them")
+    layers = []
+    for base in bases:
+        target = path.parent / base
+        if target.resolve() in (*chain, here):
+            loop = " -> ".join(p.name for p in (*chain, here, target.resolve()))
+            raise ConfigError(f"{path}: {BASE_KEY} {base!r} makes a cycle ({loop})")
+        if not target.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY} {base!r} not found (looked for {target})")
+        layers += _layers(target, (*chain, here))
+    return [*layers, (str(path), data)]
+
+
+def deep_merge(base: Mapping, update: Mapping) -> dict:
+    """A new dict: ``update`` over ``base``, mappings merged key by key (child wins)."""
+    merged = dict(base)
+    for key, value in update.items():
+        old = merged.get(key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping)
+        merged[key] = deep_merge(old, value) if both else value
+    return merged
+
+
+def read_recipe(path: str | os.PathLike) -> dict:
+    """A recipe file with its bases merged in: what the file means as one mapping."""
+    merged: dict = {}
+    for _, layer in recipe_layers(path):
+        merged = deep_merge(merged, layer)
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """``'optim.lr=0.001'`` -> ``{'optim': {'lr': 0.001}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE, e.g. optim.lr=0.001")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: the schema decides whether a plain string is fine
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def config_changes(before: Mapping, after: Mapping, prefix: str = "") -> list[str]:
+    """``'key: old -> new'`` for every dotted key whose value differs (``output_dir`` aside)."""
+    lines = []
+    for key in after:
+        dotted = f"{prefix}{key}"
+        old, new = before.get(key), after[key]
+        if dotted == "output_dir":
+            continue
+        # model.kwargs is one value: its inner keys belong to the model builder.
+        if isinstance(old, Mapping) and isinstance(new, Mapping) and dotted != "model.kwargs":
+            lines += config_changes(old, new, dotted + ".")
+        elif old != new:
+            lines.append(f"{dotted}: {old!r} -> {new!r}")
+    return lines
+
+
+def dump_config(cfg: Mapping) -> str:
+    """The resolved config as YAML (the ``config.yaml`` saved beside a run's outputs)."""
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

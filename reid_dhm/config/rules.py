@@ -1,0 +1,123 @@
+"""Rules between keys of a schema-valid config, checked once before anything loads.
+
+Each rule that the library also enforces calls the library's own check
+(``check_schedule``, ``check_identity_batch``), so config and constructors agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..utils.options import check_identity_batch, check_schedule
+from .loading import ConfigError
+from .schema import DEFAULTS, task_only_keys
+
+TASK_NAMES = {"reid": "re-ID", "classification": "classification"}
+
+
+def _get(cfg: Mapping, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _fail(key: str, message: str, origin: Mapping[str, str]) -> None:
+    """Raise the rule's message, prefixed by the layer that set ``key`` when known."""
+    source = origin.get(key)
+    raise ConfigError(f"{source}: {message}" if source else message)
+
+
+def check_values(cfg: Mapping, training: bool, origin: Mapping[str, str]) -> None:
+    """The cross-key rules of a schema-valid config; a ConfigError names the key.
+
+    Args:
+        training: the run trains, so ``train.max_epoch`` must be at least 1 (an
+            evaluation-only run may leave it at 0) and the schedule must be usable.
+        origin: dotted key -> the layer that set it (file, override, checkpoint).
+    """
+    least = 1 if training else 0
+    epochs = cfg["train"]["max_epoch"]
+    if epochs < least:
+        why = " when training (--eval-only evaluates without it)" if training else ""
+        _fail("train.max_epoch", f"'train.max_epoch' must be >= {least}{why}, got {epochs}", origin)
+    _check_task_keys(cfg, origin)
+    _check_model(cfg, origin)
+    _check_batches(cfg, origin)
+    if training:
+        try:
+            check_schedule(max_epoch=epochs, **cfg["scheduler"])
+        except ValueError as err:
+            _fail("scheduler.name", str(err), origin)
+
+
+def _check_task_keys(cfg: Mapping, origin: Mapping[str, str]) -> None:
+    """A key only the other task reads, set away from its default, would be ignored."""
+    task = cfg["task"]
+    for owner, keys in task_only_keys().items():
+        if owner == task:
+            continue
+        for key in keys:
+            value, default = _get(cfg, key), _get(DEFAULTS, key)
+            if value != default:
+                _fail(
+                    key,
+                    f"'{key}' is only read by {TASK_NAMES[owner]} runs; this "
+                    f"{TASK_NAMES[task]} run ({cfg['data']['dataset']!r}) would ignore "
+                    f"{key}={value!r}: remove it (default {default!r})",
+                    origin,
+                )
+
+
+def _check_model(cfg: Mapping, origin: Mapping[str, str]) -> None:
+    """The model name against the registry, its options, and the image size."""
+    from ..models.registry import get_entry, list_models, models_with_option
+
+    model = cfg["model"]
+    name = model["name"]
+    if name not in list_models():
+        _fail("model.name", f"'model.name' must be one of {list_models()}, got {name!r}", origin)
+    entry = get_entry(name)
+    for key, default in (("neck", "none"), ("last_stride", 2)):
+        if model[key] != default and key not in entry.options:
+            owners = ", ".join(models_with_option(key))
+            _fail(
+                f"model.{key}",
+                f"'model.{key}' is {model[key]!r}, but {name} has no {key} option "
+                f"(models with it: {owners})",
+                origin,
+            )
+    if cfg["test"]["feature"] != "pre_bn" and model["neck"] != "bnneck":
+        _fail(
+            "test.feature",
+            f"'test.feature' is {cfg['test']['feature']!r}, which needs model.neck=bnneck",
+            origin,
+        )
+    stride = entry.input_stride
+    for key in ("data.height", "data.width"):
+        if _get(cfg, key) < stride:
+            _fail(
+                key,
+                f"'{key}' is {_get(cfg, key)}, but {name} down-samples its input by {stride}: "
+                f"give data.height and data.width >= {stride}",
+                origin,
+            )
+
+
+def _check_batches(cfg: Mapping, origin: Mapping[str, str]) -> None:
+    """A triplet needs P x K batches; P x K batches need a batch size divisible by K."""
+    data, loss = cfg["data"], cfg["loss"]
+    if loss["triplet_weight"] > 0 and data["sampler"] != "identity":
+        _fail(
+            "loss.triplet_weight",
+            f"'loss.triplet_weight' is {loss['triplet_weight']}, but a triplet needs "
+            "batches of P identities x K images: set data.sampler=identity (and "
+            "data.num_instances=K)",
+            origin,
+        )
+    if data["sampler"] == "identity":
+        try:
+            check_identity_batch(data["batch_size"], data["num_instances"])
+        except ValueError as err:
+            _fail("data.batch_size", str(err), origin)

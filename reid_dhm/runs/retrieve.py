@@ -1,0 +1,270 @@
+"""``reid-dhm retrieve`` as a library call: rank a gallery for query images.
+
+:func:`retrieve_folder` embeds the query images (and a gallery folder, or loads a
+saved :class:`~reid_dhm.retrieval.GalleryIndex`) with a checkpoint's model, ranks
+the gallery for every query (optionally k-reciprocal re-ranked) and writes
+``results.csv``, ``results.json`` and, when every tile has an image file,
+``results.png`` into an output folder. Files named like Market-1501
+(``<pid>_c<camera>...``) keep their identity and camera, so the PNG marks correct
+matches green and wrong ones red.
+
+Error messages name the ``reid-dhm retrieve`` options (``--topk``, ``--kind`` ...),
+which are this function's keyword arguments of the same name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# The PNG shows at most this many queries (one row each).
+PNG_QUERIES = 16
+CSV_COLUMNS = ("query", "rank", "gallery", "distance", "pid", "camid")
+RERANK_NOTE = "distances are k-reciprocal re-ranked distances (k1=20, k2=6, lambda=0.3)"
+
+
+@dataclass
+class Retrieval:
+    """What :func:`retrieve_folder` ranked and wrote.
+
+    Attributes:
+        ranked: ``{query path: [{rank, gallery, distance, pid, camid}, ...]}``, best
+            first (what ``results.json`` holds).
+        search: the ``SearchResult`` behind it (Q x k arrays).
+        output_dir: the folder written; files: the names written there.
+    """
+
+    ranked: dict[str, list[dict]]
+    search: object
+    output_dir: Path
+    files: list[str] = field(default_factory=list)
+
+
+def parse_identity(path: str | os.PathLike) -> tuple[int, int]:
+    """(pid, camera) from a Market-style name, or (-1, -1)."""
+    from ..data.reid_datasets import NAME_PATTERN
+
+    match = NAME_PATTERN.match(Path(path).name)
+    return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+
+
+def check_retrieve_args(topk: int, gallery, save_index=None, kind: str | None = None) -> None:
+    """Option combinations that cannot work, before anything is embedded."""
+    if topk < 1:
+        raise ValueError(f"--topk must be >= 1, got {topk}")
+    if Path(gallery).is_file():
+        for flag, value in (("--save-index", save_index), ("--kind", kind)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag} applies to a gallery folder; --gallery {gallery} is already "
+                    "a saved index"
+                )
+
+
+def load_gallery_index(source: Path, extractor, metric: str, rerank: bool, log=print):
+    """(GalleryIndex, its vectors when ``rerank`` needs them, else None) from a saved index."""
+    from ..retrieval import GalleryIndex
+
+    index = GalleryIndex.load(source, dim=extractor.feature_dim, metric=metric)
+    log(f"gallery: {len(index)} entries from {source}")
+    if not rerank:
+        return index, None
+    try:
+        return index, index.vectors()
+    except ValueError:
+        raise ValueError(
+            f"--rerank needs the gallery features, and {source} is a saved "
+            f"{index.kind!r} index, which does not keep them: give the gallery "
+            "folder, or an index saved with --kind flat or hnsw"
+        ) from None
+
+
+def build_gallery_index(
+    source: Path, extractor, metric: str, kind: str | None, save_index, rerank: bool, log=print
+):
+    """(GalleryIndex, features when ``rerank`` needs them, else None) of a gallery folder."""
+    from ..inference import list_images
+    from ..retrieval import GalleryIndex
+
+    paths = list_images(source)
+    feats = extractor(paths)
+    ids = [parse_identity(p) for p in paths]
+    index = GalleryIndex.build(
+        feats,
+        pids=[i[0] for i in ids],
+        camids=[i[1] for i in ids],
+        paths=paths,
+        metric=metric,
+        kind=kind or "flat",
+    )
+    log(f"gallery: embedded {len(paths)} images from {source}")
+    if save_index:
+        index.save(save_index)
+        log(f"gallery index saved to {save_index}")
+    if not rerank:
+        return index, None
+    try:
+        # What the index holds (normalised for cosine), so that re-ranking a folder and
+        # re-ranking its saved index see the same numbers.
+        return index, index.vectors()
+    except ValueError:  # ivf / ivfpq keep no exact vectors: the embeddings themselves
+        return index, feats
+
+
+def rerank_search(index, qf, gf, k: int):
+    """``SearchResult`` of each query's k nearest gallery entries after re-ranking."""
+    from ..retrieval import KReciprocalReranker
+
+    reranker = KReciprocalReranker(qf, gf, index.metric)
+    dist, idx = reranker.topk(k)
+    return index.gather(idx.cpu().numpy(), dist.cpu().numpy())
+
+
+def ranked_hits(result, queries: list[str]) -> dict[str, list[dict]]:
+    """``{query: [hit, ...]}`` from a ``SearchResult``; missing hits (-1) end a list."""
+    ranked = {}
+    for qi, query in enumerate(queries):
+        hits = []
+        for r in range(result.indices.shape[1]):
+            if result.indices[qi, r] < 0:
+                break
+            hits.append(
+                {
+                    "rank": r + 1,
+                    "gallery": str(result.paths[qi, r]) if result.paths is not None else "",
+                    "distance": float(result.distances[qi, r]),
+                    "pid": int(result.pids[qi, r]) if result.pids is not None else -1,
+                    "camid": int(result.camids[qi, r]) if result.camids is not None else -1,
+                }
+            )
+        ranked[query] = hits
+    return ranked
+
+
+def write_tables(out: Path, ranked: dict[str, list[dict]]) -> list[str]:
+    """``results.csv`` (one row a hit) and ``results.json``, written atomically."""
+    from ..utils.io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows({"query": q, **hit} for q, hits in ranked.items() for hit in hits)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.json", json.dumps(ranked, indent=1))
+    return ["results.csv", "results.json"]
+
+
+def png_rows(result, queries) -> tuple[int, int, str | None]:
+    """(queries, columns) the PNG can show, and why it shows less (or nothing).
+
+    Every tile needs an image file: an index saved without paths has none, and an
+    approximate index can return fewer than k hits for some queries.
+    """
+    shown = min(len(queries), PNG_QUERIES)
+    k = result.indices.shape[1]
+    if result.paths is None:
+        return shown, 0, "the gallery index holds no image paths"
+    hits = result.indices[:shown] >= 0
+    cols = k if hits.all() else int(np.argmin(hits.all(0)))
+    if cols == 0:
+        return shown, 0, "a query has no hit at all"
+    tiles = result.paths[:shown, :cols].ravel()
+    if not all(tiles):
+        return shown, 0, "some gallery entries have no image path"
+    missing = next((p for p in tiles if not Path(p).is_file()), None)
+    if missing is not None:
+        return shown, 0, f"gallery image {missing} not found"
+    if cols < k:
+        return shown, cols, f"it shows the top {cols}: some queries have fewer than {k} hits"
+    return shown, cols, None
+
+
+def write_png(out: Path, result, queries: list[str], log=print) -> list[str]:
+    """``results.png`` (the first queries' top hits) when the tiles have image files."""
+    from ..viz.ranked import plot_ranked_results
+
+    shown, cols, note = png_rows(result, queries)
+    written = []
+    if cols:
+        q_ids = np.array([parse_identity(q)[0] for q in queries[:shown]])
+        matches = None
+        if (q_ids >= 0).all() and result.pids is not None:
+            matches = result.pids[:shown, :cols] == q_ids[:, None]
+        plot_ranked_results(
+            queries[:shown], list(result.paths[:shown, :cols].ravel()),
+            np.arange(shown * cols).reshape(shown, cols), matches, out / "results.png",
+            distances=result.distances[:shown, :cols],
+        )  # fmt: skip
+        written.append("results.png")
+    if note:
+        log(f"PNG: {note}" if cols else f"no PNG: {note}")
+    return written
+
+
+def retrieve_folder(
+    checkpoint: str | os.PathLike,
+    query: str | os.PathLike,
+    gallery: str | os.PathLike,
+    output_dir: str | os.PathLike = "retrieval",
+    *,
+    topk: int = 10,
+    metric: str = "cosine",
+    kind: str | None = None,
+    save_index: str | os.PathLike | None = None,
+    rerank: bool = False,
+    batch_size: int = 64,
+    device: str = "auto",
+    log: Callable[[str], object] = print,
+) -> Retrieval:
+    """Rank ``gallery`` for every image of ``query``; write CSV, JSON and a PNG.
+
+    Args:
+        checkpoint: a reid_dhm checkpoint; its deployed model embeds the images.
+        query: an image file or a folder of images.
+        gallery: a folder of images (embedded and indexed here) or a saved
+            ``GalleryIndex`` file.
+        output_dir: where ``results.csv`` / ``.json`` / ``.png`` go (created).
+        topk: hits per query (at most the gallery's size); metric: ``'cosine'`` or
+            ``'euclidean'``; kind: the faiss index built for a gallery folder
+            (default ``'flat'``); save_index: also save a folder's index there.
+        rerank: k-reciprocal re-ranking (needs the gallery features: a folder, or a
+            saved flat / hnsw index).
+        batch_size, device: of the feature extractor.
+        log: where progress and notes go.
+
+    Returns:
+        A :class:`Retrieval`.
+    """
+    from ..inference import FeatureExtractor, list_images
+
+    check_retrieve_args(topk, gallery, save_index, kind)
+    extractor = FeatureExtractor.from_checkpoint(checkpoint, batch_size=batch_size, device=device)
+    queries = list_images(query)  # a bad query path fails before the gallery is embedded
+    source = Path(gallery)
+    if source.is_file():
+        index, gallery_feats = load_gallery_index(source, extractor, metric, rerank, log)
+    else:
+        index, gallery_feats = build_gallery_index(
+            source, extractor, metric, kind, save_index, rerank, log
+        )
+    qf = extractor(queries)
+    k = min(topk, len(index))
+    result = rerank_search(index, qf, gallery_feats, k) if rerank else index.search(qf, k)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ranked = ranked_hits(result, queries)
+    written = write_tables(out, ranked) + write_png(out, result, queries, log)
+    if rerank:
+        log(RERANK_NOTE)
+    log(f"{len(queries)} queries ranked; wrote {', '.join(written)} in {out}")
+    return Retrieval(ranked, result, out, written)
+
+
+__all__ = ["PNG_QUERIES", "Retrieval", "parse_identity", "png_rows", "retrieve_folder"]
