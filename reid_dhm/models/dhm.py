@@ -424,6 +424,24 @@ def resolve_branches(
     return tuple(sorted(chosen))
 
 
+def check_backbone_args(
+    num_classes: int,
+    branches: Iterable[str] | str | None,
+    available: Iterable[str],
+    default: Iterable[str],
+    *,
+    branch_style: str = "paper",
+    neck: str = "none",
+    eval_feature: str = "pre_bn",
+) -> tuple[str, ...]:
+    """The checks every backbone constructor makes of the arguments all of them share
+    (class count, head, branch style, branch choice); returns the resolved branches."""
+    check_num_classes(num_classes)
+    check_head(neck, eval_feature)
+    check_branch_style(branch_style)
+    return resolve_branches(branches, available, default)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -437,6 +455,7 @@ __all__ = [
     "MAIN",
     "AuxBranch",
     "DHMNet",
+    "check_backbone_args",
     "check_branch_style",
     "check_num_classes",
     "init_weights",

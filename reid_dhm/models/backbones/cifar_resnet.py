@@ -32,10 +32,8 @@ from torch import Tensor, nn
 from ..dhm import (
     AuxBranch,
     DHMNet,
-    check_branch_style,
-    check_num_classes,
+    check_backbone_args,
     init_weights,
-    resolve_branches,
 )
 from ..registry import model_pair
 
@@ -163,13 +161,13 @@ class DHMCifarResNet(DHMNet):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth!r}")
-        check_num_classes(num_classes)
-        check_branch_style(branch_style)
+        branches = check_backbone_args(
+            num_classes, branches, AUX_BRANCHES, DEFAULT_BRANCHES, branch_style=branch_style
+        )
         if branch_style == "mirror" and branch_blocks is not None:
             raise ValueError(
                 "branch_blocks sets the 'paper' branches; 'mirror' copies the main path"
             )
-        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         n = (depth - 2) // 6
         if branches and branch_style == "paper":
             branch_blocks = check_branch_blocks(branch_blocks, depth, BRANCH_BLOCKS, "ResNet")

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dhm import AuxBranch, DHMNet, bn_relu, check_num_classes, init_weights, resolve_branches
+from ..dhm import (
+    AuxBranch,
+    DHMNet,
+    bn_relu,
+    check_backbone_args,
+    init_weights,
+)
 from ..registry import model_pair
 from .cifar_resnet import check_branch_blocks
 
@@ -168,8 +174,7 @@ class DHMCifarDenseNet(DHMNet):
             raise ValueError(f"compression must be in (0, 1], got {compression!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        check_num_classes(num_classes)
-        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        branches = check_backbone_args(num_classes, branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         if branches:
             known = {d: v for (d, b), v in BRANCH_BLOCKS.items() if b == bool(bottleneck)}
             kind = "DenseNet-BC" if bottleneck else "DenseNet"

@@ -31,11 +31,8 @@ from torch import Tensor, nn
 from ..dhm import (
     AuxBranch,
     DHMNet,
-    check_branch_style,
-    check_head,
-    check_num_classes,
+    check_backbone_args,
     init_weights,
-    resolve_branches,
 )
 from ..registry import model_pair
 
@@ -130,12 +127,12 @@ class DHMMobileNetV2(DHMNet):
         eval_feature: str = "pre_bn",
     ):
         super().__init__()
-        check_head(neck, eval_feature)
-        check_num_classes(num_classes)
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
-        check_branch_style(branch_style)
-        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        branches = check_backbone_args(
+            num_classes, branches, AUX_BRANCHES, DEFAULT_BRANCHES,
+            branch_style=branch_style, neck=neck, eval_feature=eval_feature,
+        )  # fmt: skip
 
         def ch(c: int) -> int:
             return int(c * width_mult)

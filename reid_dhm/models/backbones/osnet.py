@@ -35,7 +35,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dhm import AuxBranch, DHMNet, check_head, check_num_classes, init_weights, resolve_branches
+from ..dhm import AuxBranch, DHMNet, check_backbone_args, init_weights
 from ..registry import model_pair
 
 # width -> channels of conv1, conv2, conv3, conv4 (torchreid's osnet_x*_*)
@@ -166,11 +166,16 @@ class DHMOSNet(DHMNet):
         eval_feature: str = "pre_bn",
     ):
         super().__init__()
-        check_num_classes(num_classes)
-        check_head(neck, eval_feature)
         if width not in WIDTHS:
             raise ValueError(f"unknown OSNet width {width!r}; valid widths are {sorted(WIDTHS)}")
-        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        branches = check_backbone_args(
+            num_classes,
+            branches,
+            AUX_BRANCHES,
+            DEFAULT_BRANCHES,
+            neck=neck,
+            eval_feature=eval_feature,
+        )
         ch = WIDTHS[width]
         self.conv1 = ConvLayer(3, ch[0], 7, stride=2, padding=3)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)

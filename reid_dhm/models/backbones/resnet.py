@@ -30,11 +30,8 @@ from torch import Tensor, nn
 from ..dhm import (
     AuxBranch,
     DHMNet,
-    check_branch_style,
-    check_head,
-    check_num_classes,
+    check_backbone_args,
     init_weights,
-    resolve_branches,
 )
 from ..registry import model_pair
 
@@ -168,14 +165,14 @@ class DHMResNet(DHMNet):
         eval_feature: str = "pre_bn",
     ):
         super().__init__()
-        check_head(neck, eval_feature)
         if depth not in _SPECS:
             raise ValueError(f"unknown ResNet depth {depth!r}; valid depths are {sorted(_SPECS)}")
-        check_num_classes(num_classes)
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        check_branch_style(branch_style)
-        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        branches = check_backbone_args(
+            num_classes, branches, AUX_BRANCHES, DEFAULT_BRANCHES,
+            branch_style=branch_style, neck=neck, eval_feature=eval_feature,
+        )  # fmt: skip
         block, layers, _ = _SPECS[depth]
         exp = block.expansion
 

@@ -22,7 +22,13 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..dhm import AuxBranch, DHMNet, bn_relu, check_num_classes, init_weights, resolve_branches
+from ..dhm import (
+    AuxBranch,
+    DHMNet,
+    bn_relu,
+    check_backbone_args,
+    init_weights,
+)
 from ..registry import model_pair
 from .cifar_resnet import check_branch_blocks
 
@@ -111,8 +117,7 @@ class DHMWideResNet(DHMNet):
             raise ValueError(f"WRN widen must be an integer >= 1, got {widen!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        check_num_classes(num_classes)
-        branches = resolve_branches(branches, AUX_BRANCHES, DEFAULT_BRANCHES)
+        branches = check_backbone_args(num_classes, branches, AUX_BRANCHES, DEFAULT_BRANCHES)
         if branches:
             branch_blocks = check_branch_blocks(branch_blocks, depth, BRANCH_BLOCKS, "WRN")
         # Recorded as resolved (the table's default filled in), as checkpoints hold it.
