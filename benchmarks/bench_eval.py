@@ -131,7 +131,7 @@ def build_fastreid(workdir: Path, wheel: str | None):
     from Cython.Build import cythonize
     from setuptools import Distribution, Extension
 
-    if wheel is None:
+    if wheel is None:  # pip has no in-process API: its command line, in a subprocess
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", FASTREID, "-d", workdir],
             check=True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.reid_manager import REID_DATASETS
+from ..retrieval.validate import METRICS
 from ..utils.options import RANKS
 from .common import run_guarded
 
@@ -24,7 +25,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--root", default="reid-data", help="data root (folder: the folder itself)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     p.add_argument("--per-branch", action="store_true", help="evaluate every branch")
-    p.add_argument("--metric", choices=("euclidean", "cosine"), default=None,
+    p.add_argument("--metric", choices=METRICS, default=None,
                    help="distance (default: the one the model was trained with)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2)
