@@ -228,6 +228,17 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "Traceback" not in err
 
 
+def test_data_limit_trains_on_an_even_subset(tiny_cifar10, tmp_path):
+    """data.limit / data.test_limit wrap the sets in a Subset; the epoch-seeded loader
+    must index the Subset with plain indices (it used to hand it (epoch, index) pairs)."""
+    run = train_tiny(
+        tiny_cifar10, tmp_path / "run", "train.max_epoch=1", "scheduler.milestones=[1]",
+        "data.limit=10", "data.test_limit=6", "data.batch_size=5",
+    )  # fmt: skip
+    assert run.results["final"]["main"]["num_images"] == 6
+    assert run.history[0]["epoch"] == 1 and np.isfinite(run.history[0]["loss"])
+
+
 def test_seeds_is_refused_for_reid(tmp_path, capsys):
     assert train_tool.main(["--dataset", "synthreid", "--seeds", "2"]) == 2
     assert "classification datasets only" in capsys.readouterr().err

@@ -62,7 +62,9 @@ class EpochSeededDataset(Dataset):
         return len(self.base)
 
     def __getattr__(self, name):
-        if name == "base":  # not set yet (unpickling): no recursion
+        # "base": not set yet (unpickling), no recursion. Dunders are not forwarded: the
+        # DataLoader would take a Subset's ``__getitems__`` and index it with our pairs.
+        if name == "base" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
