@@ -14,12 +14,14 @@ from torch.utils.data import DataLoader
 
 import reid_dhm.data.classification as cls
 from reid_dhm.data.classification import (
-    FASHION_MNIST_ROOT,
     build_classification_datasets,
     read_cifar,
     read_fashion_mnist,
     read_idx,
 )
+from reid_dhm.data.registry import get_dataset
+
+FASHION_MNIST_ROOT = Path(get_dataset("fashion-mnist").default_root)
 
 
 # ----------------------------------------------------------------- CIFAR generators

@@ -44,11 +44,9 @@ from torchvision.datasets import ImageFolder
 
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .registry import DatasetSpec, get_dataset, list_datasets
-from .sets.fashion_mnist import ROOT as _FASHION_ROOT
 
 # The registry's classification data sets (reid_dhm/data/sets/), under their old name.
 DATASETS = list_datasets("classification")
-FASHION_MNIST_ROOT = Path(_FASHION_ROOT)
 
 # Per-channel pixel mean / std of each training set, on [0, 1] intensities.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -347,9 +345,12 @@ def _fashion_file(root: Path, stem: str) -> Path:
         for name in (f"{stem}.gz", stem):
             if (folder / name).is_file():
                 return folder / name
+    from .registry import get_dataset  # the data set's own file knows Debian's folder
+
+    debian = get_dataset("fashion-mnist").default_root
     raise FileNotFoundError(
         f"Fashion-MNIST file not found: expected {root / (stem + '.gz')} (install Debian's "
-        f"dataset-fashion-mnist for {FASHION_MNIST_ROOT}); nothing is downloaded"
+        f"dataset-fashion-mnist for {debian}); nothing is downloaded"
     )
 
 
@@ -499,7 +500,6 @@ __all__ = [
     "DATASETS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_ROOT",
     "FASHION_MNIST_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
