@@ -129,10 +129,7 @@ class MonitorHook(HookBase):
 
     def after_epoch(self) -> None:
         # Before the console, TensorBoard and checkpoint hooks read the record.
-        record = self.trainer.record
-        tail = {k: record.pop(k) for k in ("active", "seconds") if k in record}
-        record.update(self.monitor.epoch_means())
-        record.update(tail)
+        self.trainer.record.update(self.monitor.epoch_means())
 
 
 class ConsoleHook(HookBase):

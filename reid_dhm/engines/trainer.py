@@ -154,6 +154,8 @@ class Trainer:
         self.last_result: Any = None
         self.last_fields: dict[str, float] = {}
         self.num_batches = 0
+        self._running_key: tuple | None = None  # (epoch, step, count) of ``_running``
+        self._running: dict[str, float] = {}
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
 
     # ---------------------------------------------------------------- state
@@ -168,10 +170,15 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def running(self) -> dict[str, float]:
-        """Means of the loss terms so far this epoch, this process (reads the device)."""
-        self.raise_if_bad()
-        n = max(self.count, 1)
-        return {k: float(v) / n for k, v in self.sums.items() if not k.startswith("acc/")}
+        """Means of the loss terms so far this epoch, this process (reads the device once
+        per iteration, however many hooks ask)."""
+        key = (self.epoch, self.step, self.count)
+        if self._running_key != key:
+            self.raise_if_bad()
+            n = max(self.count, 1)
+            means = {k: float(v) / n for k, v in self.sums.items() if not k.startswith("acc/")}
+            self._running_key, self._running = key, means
+        return self._running
 
     def state_dict(self) -> dict:
         """Optimizer, scheduler and scaler state (checkpoints add the rest)."""

@@ -148,7 +148,6 @@ def run_in_process(cfg, info, ckpt, eval_only: bool, should_stop=None) -> RunRes
 def _training_parts(cfg, model, ckpt, eval_only: bool, info) -> dict:
     """Criterion, branch sampler, optimizer, schedule, DDP wrapper and resume state."""
     from ..engines import distributed as dist
-    from ..engines.optim import set_base_lr
     from ..utils.rng import restore_rng_state
 
     criterion = build_criterion(cfg)
@@ -174,7 +173,6 @@ def _training_parts(cfg, model, ckpt, eval_only: bool, info) -> dict:
                 "=> not a reid_dhm checkpoint: only its weights are used; the optimizer "
                 f"starts afresh, the lr schedule at epoch {start + 1}"
             )
-    parts["set_base_lr"] = lambda: set_base_lr(optimizer, scheduler, cfg["optim"]["lr"])
     return parts
 
 
@@ -189,6 +187,7 @@ class _Run:
     def _trainer(self, should_stop):
         from ..engines.guards import NonFiniteGuard
         from ..engines.hooks import standard_hooks
+        from ..engines.optim import set_base_lr
         from ..engines.trainer import Trainer
 
         cfg, p, train = self.cfg, self.parts, self.cfg["train"]
@@ -207,7 +206,8 @@ class _Run:
         )  # fmt: skip
         if p["state"]:
             trainer.load_state_dict(p["state"])
-            p["set_base_lr"]()
+            # An lr given on the command line when resuming wins over the stored one.
+            set_base_lr(p["optimizer"], p["scheduler"], cfg["optim"]["lr"])
             self.setup.restore(p["state"])
         return trainer
 
