@@ -235,14 +235,16 @@ EXACT = ["train.max_epoch=3", "train.print_freq=1", "train.deterministic=true",
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tiny_reid, tmp_path):
+    # The adaptive KL schedule's running accuracies are state too: they must resume exactly.
+    exact = [*EXACT, "loss.kl_schedule=adaptive", "loss.kl_adaptive_decay=0.5"]
     whole = subprocess.run(
         [sys.executable, "-m", "reid_dhm", "train", *reid_args(tiny_reid, tmp_path / "whole"),
-         *EXACT], capture_output=True, text=True, cwd=tmp_path,
+         *exact], capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
     code, _ = _run_until(
-        _popen([*reid_args(tiny_reid, killed), *EXACT], tmp_path), "epoch 2/3 [2/", signal.SIGKILL
+        _popen([*reid_args(tiny_reid, killed), *exact], tmp_path), "epoch 2/3 [2/", signal.SIGKILL
     )
     assert code == -signal.SIGKILL
     assert torch.load(killed / "checkpoint.pth", weights_only=True)["epoch"] in (1, 2)
@@ -257,6 +259,10 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tiny_reid, t
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key  # bit for bit
     assert a["metrics"] == b["metrics"]
+    trust = a["loss"]["_extra_state"]["kl_trust"]
+    assert set(trust) == {"main", "aux1", "aux2"} and 0 < trust["main"] < 1
+    assert a["loss"] == b["loss"]
+    assert a["history"][-1]["kl_trust/main"] == b["history"][-1]["kl_trust/main"]
     ra = json.loads((whole_dir.parent / "results.json").read_text())["folder"]["main"]
     rb = json.loads((killed / "results.json").read_text())["folder"]["main"]
     assert ra == rb

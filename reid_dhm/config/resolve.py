@@ -195,13 +195,16 @@ def resolve_config(
     steps = [*layers, *((f"override {t!r}", d) for t, d in zip(overrides, override_dicts))]
     for source, update in steps:
         cfg = validate(merge(cfg, update, source, origin), origin)
+    rules.complete(cfg, origin)
     rules.check_values(cfg, training, origin)
     return cfg
 
 
 def check_values(cfg: Mapping, training: bool = True) -> None:
     """Schema and cross-key checks of a merged config; a ConfigError names the key."""
-    rules.check_values(validate(cfg, {}), training, {})
+    cfg = validate(cfg, {})
+    rules.complete(cfg, {})
+    rules.check_values(cfg, training, {})
 
 
 __all__ = ["check_values", "merge", "resolve_config", "validate"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..utils.options import check_identity_batch, check_schedule
+from ..utils.options import check_identity_batch, check_schedule, implied_kl_schedule
 from .loading import ConfigError
 from .schema import DEFAULTS, task_only_keys
 
@@ -27,6 +27,24 @@ def _fail(key: str, message: str, origin: Mapping[str, str]) -> None:
     """Raise the rule's message, prefixed by the layer that set ``key`` when known."""
     source = origin.get(key)
     raise ConfigError(f"{source}: {message}" if source else message)
+
+
+def complete(cfg: dict, origin: Mapping[str, str]) -> None:
+    """Fill keys whose null means "implied by other keys" (in place), checking them.
+
+    ``loss.kl_schedule``: null reads as ``warmup`` when ``loss.kl_warmup_epochs > 0``
+    (configs and checkpoints written before the key existed), else the default.
+    """
+    loss = cfg["loss"]
+    try:
+        loss["kl_schedule"] = implied_kl_schedule(
+            loss["kl_schedule"],
+            loss["kl_warmup_epochs"],
+            names=("loss.kl_schedule", "loss.kl_warmup_epochs"),
+        )
+    except ValueError as err:
+        key = "loss.kl_schedule" if "loss.kl_schedule" in origin else "loss.kl_warmup_epochs"
+        _fail(key, str(err), origin)
 
 
 def check_values(cfg: Mapping, training: bool, origin: Mapping[str, str]) -> None:

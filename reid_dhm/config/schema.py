@@ -151,8 +151,17 @@ class LossSection(Section):
     label_smooth: Annotated[Float, opt.LABEL_SMOOTH] = 0.1
     temperature: Annotated[Float, opt.TEMPERATURE] = 1.0
     kl_weight: Annotated[Float, opt.KL_WEIGHT] = 1.0
-    # KL weight ramps linearly from 0 over the first E epochs
+    # constant (the paper) | warmup (linear ramp over kl_warmup_epochs) | adaptive (each
+    # teacher's terms weigh kl_weight x its running training accuracy); null: warmup when
+    # kl_warmup_epochs > 0, else the default (filled in by resolve_config)
+    kl_schedule: Annotated[Str | None, one_of((*opt.KL_SCHEDULES, None))] = None
+    # warmup: the KL weight ramps linearly from 0 over the first E epochs
     kl_warmup_epochs: Annotated[Int, opt.KL_WARMUP_EPOCHS] = 0
+    # adaptive: decay per iteration of the teachers' running accuracies
+    kl_adaptive_decay: Annotated[Float, opt.KL_ADAPTIVE_DECAY] = 0.99
+    # none (the paper) | correct (only samples the teacher gets right mimic) |
+    # confidence (each sample weighs the teacher's probability of the label)
+    kl_gate: Annotated[Str, one_of(opt.KL_GATES)] = "none"
     # all | deeper (all but the shallowest branch) | main
     kl_teachers: Annotated[Str, one_of(opt.TEACHERS)] = "all"
     # batch-hard triplet on every branch's embedding (0 = off)

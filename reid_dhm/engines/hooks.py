@@ -237,6 +237,7 @@ class CheckpointHook(HookBase):
             config=self.config,
             optimizer=t.optimizer,
             scheduler=t.scheduler,
+            loss=t.criterion.state_dict(),
             scaler=t.scaler.state_dict() if t.scaler is not None else None,
             history=t.history,
             rng=rng_state(),

@@ -181,8 +181,9 @@ class Trainer:
         return self._running
 
     def state_dict(self) -> dict:
-        """Optimizer, scheduler and scaler state (checkpoints add the rest)."""
+        """Optimizer, scheduler, scaler and loss state (checkpoints add the rest)."""
         return {
+            "loss": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -190,6 +191,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` gave (missing parts are left as they are)."""
+        if state.get("loss"):  # the adaptive KL schedule's running accuracies
+            self.criterion.load_state_dict(state["loss"])
         if state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") and self.scheduler is not None:
@@ -340,6 +343,7 @@ class Trainer:
             record["skipped_batches"] = self.guard.skipped
         if self.criterion.mode == "dhm":
             record["kl_weight"] = self.criterion.current_kl_weight
+            record.update(self.criterion.trust_record())
         record["active"] = list(self.active)
         record["seconds"] = time.time() - start
 

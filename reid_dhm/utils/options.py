@@ -25,6 +25,48 @@ KL_WEIGHT = Range(0)
 TRIPLET_WEIGHT = Range(0)
 TRIPLET_MARGIN = Range(0)
 KL_WARMUP_EPOCHS = Range(0)
+# How the KL weight moves during training: the paper's constant mu; a linear ramp over
+# ``kl_warmup_epochs``; or, per teacher, mu times a running mean of that teacher's
+# training accuracy (a teacher is trusted as far as it is right).
+KL_SCHEDULES = ("constant", "warmup", "adaptive")
+# The schedule a config without ``kl_schedule`` gets (``kl_warmup_epochs > 0`` implies
+# ``warmup``; see ``implied_kl_schedule``).
+DEFAULT_KL_SCHEDULE = "constant"
+# Decay per iteration of the adaptive schedule's running accuracy.
+KL_ADAPTIVE_DECAY = Range(0, 1, high_open=True)
+# Per sample: every sample mimics (the paper); only where the teacher's top class is
+# the label; or weighted by the teacher's probability of the label.
+KL_GATES = ("none", "correct", "confidence")
+
+
+def implied_kl_schedule(
+    schedule: str | None,
+    warmup_epochs: int,
+    names: tuple[str, str] = ("kl_schedule", "kl_warmup_epochs"),
+) -> str:
+    """The KL schedule a loss runs: ``schedule``, or when it is None the one implied by
+    ``warmup_epochs`` (``warmup`` if > 0, else ``DEFAULT_KL_SCHEDULE``), so that configs
+    written before ``kl_schedule`` existed read as they ran.
+
+    Raises:
+        ValueError: an unknown schedule, ``warmup`` without warm-up epochs, or warm-up
+            epochs with another schedule (they would be ignored); ``names`` are the two
+            option names the message uses.
+    """
+    key, epochs_key = names
+    if schedule is None:
+        return "warmup" if warmup_epochs > 0 else DEFAULT_KL_SCHEDULE
+    if schedule not in KL_SCHEDULES:
+        raise ValueError(f"{key} must be one of {list(KL_SCHEDULES)}, got {schedule!r}")
+    if schedule == "warmup" and warmup_epochs == 0:
+        raise ValueError(f"{key}='warmup' needs {epochs_key} >= 1 (the ramp's length), got 0")
+    if schedule != "warmup" and warmup_epochs > 0:
+        raise ValueError(
+            f"{epochs_key}={warmup_epochs} is only read by {key}='warmup', but {key} is "
+            f"{schedule!r}: set {key}=warmup or {epochs_key}=0"
+        )
+    return schedule
+
 
 # ----------------------------------------------------------------- branch sampling
 POLICIES = ("fixed", "bernoulli")
