@@ -42,6 +42,8 @@ setup(
         "pydantic>=2.14,<3",
         "tqdm",
         "matplotlib",
+        # a lock around building synthreid, so runs started side by side build it once
+        "filelock",
     ],
     extras_require={
         "export": ["onnx", "onnxscript", "onnxruntime"],

@@ -1,4 +1,4 @@
-"""The ``reid-dhm`` command: ``reid-dhm train|test|retrieve|export|summary [options]``.
+"""The ``reid-dhm`` command: ``reid-dhm train|test|retrieve|export|summary|study [options]``.
 
 Each subcommand lives in its own module here (``reid_dhm.cli.train`` ...) with a
 ``main(argv, prog)``; ``tools/*.py`` in a checkout are two-line wrappers around the same
@@ -18,6 +18,7 @@ COMMANDS = {
     "retrieve": ("retrieve", "rank a gallery folder or saved index for query images"),
     "export": ("export", "export the deployed model: ONNX, or files BoxMOT loads as they are"),
     "summary": ("summary", "per-branch parameters and FLOPs, training vs deployed"),
+    "study": ("study", "multi-seed study of variants (local pool or Ray) with paired intervals"),
 }
 
 

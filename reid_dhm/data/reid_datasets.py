@@ -181,17 +181,40 @@ class MarketLayoutDataset(ImageDataset):
         return {"img": img, "pid": pid, "camid": camid, "impath": path, "dsetid": dsetid}
 
 
+# (registry name, skip_bad_images) -> its class: one class per pair in a process.
+_CLASSES: dict[tuple[str, bool], type] = {}
+
+
 def _subclass(name: str, resolve, skip_bad_images: bool = False) -> type:
     """A MarketLayoutDataset whose ``root`` argument is torchreid's data root."""
+    key = (name, bool(skip_bad_images))
+    if key in _CLASSES:
+        return _CLASSES[key]
 
     def __init__(self, root: str = "", **kwargs):
         MarketLayoutDataset.__init__(self, str(resolve(root)), **kwargs)
 
-    return type(
+    def __reduce__(self):
+        # The class is made at run time, so pickle cannot find it by name: loader
+        # workers started by spawn or forkserver (macOS, Windows, a process that was
+        # itself spawned, Python >= 3.14) rebuild it from the registry instead.
+        return _rebuild_dataset, (name, bool(skip_bad_images)), self.__dict__
+
+    cls = type(
         f"{name.title().replace('-', '')}Dataset",
         (MarketLayoutDataset,),
-        {"__init__": __init__, "skip_bad_images": skip_bad_images},
+        {"__init__": __init__, "__reduce__": __reduce__, "skip_bad_images": skip_bad_images},
     )
+    _CLASSES[key] = cls
+    return cls
+
+
+def _rebuild_dataset(name: str, skip_bad_images: bool):
+    """An empty instance of registered data set ``name``'s class (pickle fills it in)."""
+    from .registry import get_dataset
+
+    cls = _subclass(name, get_dataset(name).locate, skip_bad_images)
+    return cls.__new__(cls)
 
 
 def registered_datasets(skip_bad_images: bool = False) -> dict[str, type]:

@@ -415,18 +415,32 @@ def generate_synthreid(root: str | os.PathLike, spec: SynthReIDSpec | None = Non
     Returns:
         The data set folder (it holds ``bounding_box_train``, ``bounding_box_test``, ``query``).
     """
+    from filelock import FileLock
+
     spec = spec or SynthReIDSpec()
     dest = Path(root).expanduser().resolve() / "synthreid"
     wanted = {"format": FORMAT_VERSION, **asdict(spec)}
     wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
-    marker = dest / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == wanted:
-                return dest
-        except (OSError, ValueError):
-            pass
+    if _is_build(dest, wanted):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # Runs started side by side (a study's trials) must not build it twice: the second
+    # build would delete the folder the first run is already reading.
+    with FileLock(str(dest.parent / ".synthreid.lock")):
+        if not _is_build(dest, wanted):
+            _build(dest, spec, wanted)
+    return dest
+
+
+def _is_build(dest: Path, wanted: dict) -> bool:
+    """Whether ``dest`` holds a finished build of ``wanted``."""
+    try:
+        return json.loads((dest / MARKER).read_text()) == wanted
+    except (OSError, ValueError):
+        return False
+
+
+def _build(dest: Path, spec: SynthReIDSpec, wanted: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".synthreid-", dir=dest.parent))
     try:
         for split in ("bounding_box_train", "bounding_box_test", "query"):
@@ -446,4 +460,3 @@ def generate_synthreid(root: str | os.PathLike, spec: SynthReIDSpec | None = Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest

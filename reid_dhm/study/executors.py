@@ -1,0 +1,158 @@
+"""Where a study's trials run: a local process pool, or Ray (one machine or a cluster).
+
+Both take the same jobs and yield each trial's row as it finishes. Each trial gets a
+fresh process (pool workers serve one task each; Ray workers exit after one call), so
+no allocator, thread-pool or CUDA state carries from one trial to the next, and a
+trial that dies takes only itself down.
+
+Packing: ``runs_per_gpu = K`` lets K trials share each GPU (Ray: fractional GPUs of
+1/K; local: K slots per GPU, each trial pinned to its slot's GPU with
+``train.device``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+from .trial import run_trial
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many trials run at once and what each one gets.
+
+    Attributes:
+        slots: one entry per concurrent trial: the device it is pinned to (``cuda:N``)
+            or None (CPU, or Ray's choice).
+        cpus_per_run: CPU cores (and torch threads) per trial.
+        gpus_per_run: the GPU fraction each trial asks for (0 without GPUs).
+    """
+
+    slots: tuple[str | None, ...]
+    cpus_per_run: int
+    gpus_per_run: float
+
+    @property
+    def concurrency(self) -> int:
+        return len(self.slots)
+
+
+def plan_slots(
+    cpus: int,
+    gpus: int = 0,
+    cpus_per_run: int = 1,
+    runs_per_gpu: int = 1,
+    jobs: int | None = None,
+) -> Plan:
+    """The packing of trials onto ``cpus`` cores and ``gpus`` GPUs.
+
+    Without GPUs: ``jobs`` trials at once (default: as many as ``cpus_per_run`` lets
+    the cores hold, at least one). With GPUs: ``runs_per_gpu`` per GPU, each pinned to
+    one (``cuda:0`` x K, ``cuda:1`` x K, ...), at most ``jobs`` when given.
+    """
+    if cpus_per_run < 1:
+        raise ValueError(f"--cpus-per-run must be at least 1, got {cpus_per_run}")
+    if runs_per_gpu < 1:
+        raise ValueError(f"--runs-per-gpu must be at least 1, got {runs_per_gpu}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if gpus > 0:
+        slots = tuple(f"cuda:{g}" for g in range(gpus) for _ in range(runs_per_gpu))
+        if jobs is not None:
+            slots = slots[:jobs]
+        return Plan(slots, cpus_per_run, 1.0 / runs_per_gpu)
+    count = jobs if jobs is not None else max(1, cpus // cpus_per_run)
+    return Plan((None,) * count, cpus_per_run, 0.0)
+
+
+def _job(job: dict, plan: Plan, slot: str | None) -> dict:
+    return {**job, "threads": plan.cpus_per_run, "device": slot}
+
+
+def run_local(jobs: Sequence[dict], plan: Plan) -> Iterator[dict]:
+    """Trials in a pool of ``plan.concurrency`` fresh processes (spawned, one trial
+    each); yields rows as trials finish."""
+    pending = list(jobs)
+    free = list(plan.slots)
+    running = {}
+    ctx = multiprocessing.get_context("spawn")  # no forked torch / CUDA state
+    with ProcessPoolExecutor(len(plan.slots), mp_context=ctx, max_tasks_per_child=1) as pool:
+        try:
+            while pending or running:
+                while pending and free:
+                    slot = free.pop(0)
+                    job = pending.pop(0)
+                    running[pool.submit(run_trial, _job(job, plan, slot))] = (job, slot)
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    job, slot = running.pop(future)
+                    free.append(slot)
+                    yield _result(
+                        job,
+                        future.result if future.exception() is None else None,
+                        future.exception(),
+                    )
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+
+
+def _result(job: dict, get: Callable[[], dict] | None, err: BaseException | None) -> dict:
+    """The row of a finished future; a worker that died is a failed trial."""
+    if get is not None:
+        return get()
+    base = {k: job[k] for k in ("key", "setting", "variant", "seed", "task")}
+    what = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
+    return {**base, "status": "failed", "error": f"the trial's process died ({what})",
+            "config": job["config"]}  # fmt: skip
+
+
+def ray_missing_line() -> str:
+    return (
+        "--executor ray needs Ray: pip install 'reid-dhm[study]' (or pip install 'ray>=2.40'); "
+        "--executor local runs the study without it"
+    )
+
+
+def run_ray(
+    jobs: Sequence[dict], plan: Plan, address: str | None = None, cpus: int | None = None,
+    gpus: int = 0,
+) -> Iterator[dict]:  # fmt: skip
+    """Trials as Ray tasks with ``plan``'s resources each; yields rows as they finish.
+
+    ``address`` (or ``RAY_ADDRESS``) joins a running cluster, whose machines must see
+    the same Python environment and output folder; without one a local Ray instance is
+    started with ``cpus`` cores and ``gpus`` GPUs.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(ray_missing_line()) from None
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    local = {} if address else {"num_cpus": cpus, "num_gpus": gpus}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    try:
+        task = ray.remote(max_calls=1)(run_trial).options(
+            num_cpus=plan.cpus_per_run, num_gpus=plan.gpus_per_run
+        )
+        refs = {task.remote(_job(job, plan, None)): job for job in jobs}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            job = refs.pop(done[0])
+            try:
+                row = ray.get(done[0])
+            except Exception as err:  # noqa: BLE001 - a worker that died (OOM kill ...)
+                row = _result(job, None, err)
+            yield row
+    finally:
+        ray.shutdown()
+
+
+__all__ = ["EXECUTORS", "Plan", "plan_slots", "ray_missing_line", "run_local", "run_ray"]

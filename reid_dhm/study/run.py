@@ -1,0 +1,194 @@
+"""Run a study: skip what is finished, run the rest on an executor, keep ``study.json``.
+
+``study.json`` in the study's folder is rewritten (atomically) after every finished
+trial, so a study stopped at any point, or continued in another session from a
+committed ``study.json``, reruns only what is missing: a trial counts as finished when
+``study.json`` or its folder's ``trial.json`` has an ``ok`` row for the same config
+(``Trial.same_run``). Failed trials are run again; interrupted ones resume from
+their checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from ..config.study import Study, Trial, spec_summary
+from ..utils.io import atomic_write_text
+from .executors import Plan, run_local, run_ray
+from .trial import TRIAL_FILE, read_row
+
+STUDY_FILE = "study.json"
+FORMAT = 1
+
+
+def trial_dir(runs_dir: Path, trial: Trial) -> Path:
+    return runs_dir / trial.setting / trial.variant / f"seed{trial.seed}"
+
+
+def read_study(path: Path) -> dict | None:
+    """A ``study.json`` as written by :func:`run_study`, or None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it away to start over") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path} has study format {data.get('format')!r}, expected {FORMAT}")
+    return data
+
+
+def _finished(rows: Iterable[Mapping], trials: Iterable[Trial], runs_dir: Path) -> dict:
+    """key -> ok row, for the trials whose config still matches."""
+    by_key = {r["key"]: r for r in rows}
+    done = {}
+    for trial in trials:
+        row = by_key.get(trial.key)
+        if not _ok(row, trial):
+            row = read_row(trial_dir(runs_dir, trial) / TRIAL_FILE)
+        if _ok(row, trial):
+            done[trial.key] = row
+    return done
+
+
+def _ok(row: Mapping | None, trial: Trial) -> bool:
+    return bool(row) and row.get("status") == "ok" and trial.same_run(row.get("config"))
+
+
+def _jobs(study: Study, trials: Iterable[Trial], runs_dir: Path) -> list[dict]:
+    jobs = []
+    for trial in trials:
+        cfg = json.loads(json.dumps(trial.config))
+        cfg["output_dir"] = str(trial_dir(runs_dir, trial).resolve())
+        # Workers (Ray's above all) may start in another folder: absolute paths.
+        for section, key in (("data", "root"), ("model", "pretrained")):
+            value = cfg[section].get(key)
+            if isinstance(value, str) and not os.path.isabs(value):
+                cfg[section][key] = os.path.abspath(value)
+        jobs.append({
+            "key": trial.key, "setting": trial.setting, "variant": trial.variant,
+            "seed": trial.seed, "task": study.tasks[trial.setting],
+            "config": cfg,
+        })  # fmt: skip
+    return jobs
+
+
+def write_study(path: Path, study: Study, rows: Mapping[str, Mapping]) -> dict:
+    """``study.json``: the study file, the tasks and every known trial's row (the
+    trials of this study file first, in its order; rows of trials it no longer asks
+    for are kept after them)."""
+    order = {t.key: i for i, t in enumerate(study.trials)}
+    kept = sorted(rows.values(), key=lambda r: (order.get(r["key"], len(order)), r["key"]))
+    data = {
+        "format": FORMAT,
+        "name": study.name,
+        "study_file": str(study.path),
+        "spec": spec_summary(study),
+        "tasks": dict(study.tasks),
+        "trials": kept,
+    }
+    atomic_write_text(path, json.dumps(data, indent=1))
+    return data
+
+
+def _eta(seconds: list[float], remaining: int, concurrency: int) -> str:
+    if not seconds or remaining <= 0:
+        return "-"
+    left = sum(seconds) / len(seconds) * remaining / max(1, concurrency)
+    h, rest = divmod(int(left), 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _describe(row: Mapping) -> str:
+    if row["status"] != "ok":
+        return f"{row['status'].upper()}: {row.get('error', '')}"
+    metrics = ", ".join(f"{k} {v:.1f}" for k, v in row["metrics"].items())
+    return f"{metrics}, train acc {row['train_acc']:.1f} %"
+
+
+def run_study(
+    study: Study,
+    out: Path,
+    runs_dir: Path | None = None,
+    executor: str = "local",
+    plan: Plan | None = None,
+    address: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Run every unfinished trial of ``study``; returns the ``study.json`` content.
+
+    Args:
+        out: the study's folder (``study.json``; reports are written beside it).
+        runs_dir: where the trial folders go (default ``out/runs``).
+        executor: ``'local'`` or ``'ray'``; plan: the packing (see ``plan_slots``).
+        address: a Ray cluster to join (``--address``).
+    """
+    from .executors import plan_slots
+
+    runs_dir = Path(runs_dir) if runs_dir is not None else out / "runs"
+    plan = plan or plan_slots(os.cpu_count() or 1)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / STUDY_FILE
+    earlier = read_study(path)
+    rows = {r["key"]: r for r in (earlier or {}).get("trials", [])}
+    done = _finished(rows.values(), study.trials, runs_dir)
+    rows.update(done)
+    # Seed-major order: a study stopped half-way has whole seeds of every variant.
+    todo = sorted(
+        (t for t in study.trials if t.key not in done),
+        key=lambda t: study.spec.seeds.index(t.seed) if t.seed in study.spec.seeds else t.seed,
+    )
+    echo(
+        f"study {study.name!r}: {len(study.trials)} trials, {len(done)} finished earlier, "
+        f"{len(todo)} to run with --executor {executor}, {plan.concurrency} at a time "
+        f"({plan.cpus_per_run} CPU{'s' if plan.cpus_per_run > 1 else ''} each); "
+        f"trial folders in {runs_dir}"
+    )
+    data = write_study(path, study, rows)
+    if not todo:
+        return data
+    jobs = _jobs(study, todo, runs_dir)
+    if executor == "ray":
+        stream = run_ray(jobs, plan, address, cpus=os.cpu_count(), gpus=_gpu_count(plan))
+    else:
+        stream = run_local(jobs, plan)
+    seconds: list[float] = []
+    failed = 0
+    for n, row in enumerate(stream, 1):
+        if row["status"] != "interrupted":
+            rows[row["key"]] = row
+        seconds.append(row.get("seconds", 0.0))
+        failed += row["status"] != "ok"
+        data = write_study(path, study, rows)
+        echo(
+            f"[{n}/{len(todo)}] {row['key']} {row.get('seconds', 0):.0f} s: {_describe(row)}"
+            f"  (ETA {_eta(seconds, len(todo) - n, plan.concurrency)})"
+        )
+    echo(
+        f"study {study.name!r}: {len(todo) - failed} of {len(todo)} trials finished"
+        + (f", {failed} failed (see their log.txt; rerun to retry them)" if failed else "")
+    )
+    return data
+
+
+def _gpu_count(plan: Plan) -> int:
+    return len({s for s in plan.slots if s})
+
+
+def write_reports(out: Path, data: Mapping) -> tuple[Path, Path]:
+    """``study.md`` and ``study.html`` in ``out`` from ``data`` (a ``study.json``)."""
+    from ..viz.study import study_html, study_markdown
+    from .summary import summarize
+
+    summary = summarize(data)
+    markdown = study_markdown(data, summary)
+    md, page = out / "study.md", out / "study.html"
+    atomic_write_text(md, markdown)
+    atomic_write_text(page, study_html(data, summary, markdown))
+    return md, page
+
+
+__all__ = ["STUDY_FILE", "read_study", "run_study", "trial_dir", "write_reports", "write_study"]

@@ -1,0 +1,83 @@
+"""From a ``study.json`` to the numbers its tables show: per setting x variant
+summaries, paired differences to the references, and the rule's decision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .stats import METRICS, by_seed, decide, describe, paired, primary_metric, verdict
+
+
+def summarize(data: Mapping) -> dict:
+    """``{settings: {setting: {...}}, decision: {...} or None, counts: {...}}``.
+
+    Per setting: ``task``, ``metrics`` (deciding first), ``variants`` (variant ->
+    ``n``, ``seeds``, ``metrics`` (metric -> mean/std/n), ``per_seed`` (seed -> deciding
+    metric), ``train_acc``, ``seconds``, ``failed`` (one-line errors)) and ``diffs``
+    (variant -> reference -> metric -> paired difference with its ``verdict``).
+    """
+    spec, tasks = data["spec"], data["tasks"]
+    rows = data["trials"]
+    settings = {}
+    for setting, task in tasks.items():
+        metrics = METRICS[task]
+        mine = [r for r in rows if r["setting"] == setting]
+        variants = {}
+        order = [v for v in spec["variants"] if any(r["variant"] == v for r in mine)]
+        for variant in order:
+            vrows = sorted((r for r in mine if r["variant"] == variant), key=lambda r: r["seed"])
+            ok = [r for r in vrows if r["status"] == "ok"]
+            variants[variant] = {
+                "n": len(ok),
+                "seeds": [r["seed"] for r in ok],
+                "metrics": {m: describe(r["metrics"][m] for r in ok) for m in metrics},
+                "per_seed": by_seed(ok, metrics[0]),
+                "train_acc": describe(r["train_acc"] for r in ok),
+                "seconds": describe(r["seconds"] for r in ok),
+                "failed": [f"seed {r['seed']}: {r.get('error', '')}" for r in vrows
+                           if r["status"] != "ok"],
+            }  # fmt: skip
+        diffs = {}
+        for variant in variants:
+            for ref in spec["reference"]:
+                if ref == variant or ref not in variants:
+                    continue
+                per_metric = {}
+                for m in metrics:
+                    d = paired(_seeds(mine, variant, m), _seeds(mine, ref, m))
+                    per_metric[m] = {**d, "verdict": verdict(d, m)}
+                diffs.setdefault(variant, {})[ref] = per_metric
+        settings[setting] = {
+            "task": task,
+            "metrics": list(metrics),
+            "variants": variants,
+            "diffs": diffs,
+        }
+    return {"settings": settings, "decision": _decision(data, settings), "counts": _counts(rows)}
+
+
+def _seeds(rows, variant: str, metric: str) -> dict[int, float]:
+    return by_seed([r for r in rows if r["variant"] == variant], metric)
+
+
+def _decision(data: Mapping, settings: Mapping) -> dict | None:
+    rule = data["spec"].get("rule")
+    if not rule:
+        return None
+    table = {}
+    for setting, s in settings.items():
+        rows = [r for r in data["trials"] if r["setting"] == setting]
+        metric = primary_metric(s["task"])
+        table[setting] = {v: _seeds(rows, v, metric) for v in s["variants"]}
+    return decide(table, data["tasks"], rule["candidate"], rule["against"], rule["margin"])
+
+
+def _counts(rows) -> dict:
+    return {
+        "trials": len(rows),
+        "ok": sum(r["status"] == "ok" for r in rows),
+        "failed": sum(r["status"] == "failed" for r in rows),
+    }
+
+
+__all__ = ["summarize"]

@@ -1,0 +1,164 @@
+"""One trial of a study, run in a process of its own (a pool worker or a Ray task).
+
+``run_trial(job)`` trains through the library's run function (``reid_dhm.runs.train``)
+into the trial's folder, with its output in ``log.txt`` there, and returns the trial's
+row: status, metrics (percent), training accuracy, times, per-epoch curves. It never
+raises: a failing trial is a row with ``status='failed'`` and the one-line error, so the
+other trials go on. A trial folder holding an interrupted run of the same config is
+resumed from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from ..utils.branches import MAIN
+
+TRIAL_FILE = "trial.json"
+LOG_FILE = "log.txt"
+# Per-epoch history keys kept in a row for the study's mean training curves.
+CURVE_KEYS = ("loss", f"acc/{MAIN}", f"ce/{MAIN}", "lr")
+CURVE_PREFIXES = ("kl_trust/",)
+
+
+@contextlib.contextmanager
+def captured_output(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so C-level
+    output and child processes too) to ``path`` for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_trial(job: Mapping) -> dict:
+    """Run one trial; returns its row (see the module docstring).
+
+    Args:
+        job: ``key``, ``setting``, ``variant``, ``seed``, ``task``,
+            ``config`` (resolved, ``output_dir`` = the trial folder), ``threads``
+            (torch threads, 0 = torch's default) and ``device`` (None or e.g.
+            ``'cuda:1'``, replacing ``train.device``).
+    """
+    start = time.time()
+    cfg = json.loads(json.dumps(job["config"]))  # a private copy
+    if job.get("device"):
+        cfg["train"]["device"] = job["device"]
+    out = Path(cfg["output_dir"])
+    row = {k: job[k] for k in ("key", "setting", "variant", "seed", "task")}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with captured_output(out / LOG_FILE):
+            row.update(_train(cfg, job, out))
+    except KeyboardInterrupt:
+        row.update(status="interrupted", error="interrupted; rerun the study to resume it")
+    except BaseException as err:  # noqa: BLE001 - a trial never stops the others
+        from ..runs.errors import error_line
+
+        row.update(status="failed", error=error_line(err) or type(err).__name__)
+    row["seconds"] = time.time() - start
+    row["host"], row["pid"] = socket.gethostname(), os.getpid()
+    row["config"] = job["config"]
+    if row["status"] != "interrupted":
+        _write_row(out / TRIAL_FILE, row)
+    return row
+
+
+def _train(cfg: dict, job: Mapping, out: Path) -> dict:
+    import torch
+
+    from ..runs.training import train
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    checkpoint = resumable_checkpoint(out, job["config"])
+    if checkpoint is not None:
+        print(f"=> resuming the interrupted trial from {checkpoint}", flush=True)
+    result = train(cfg, checkpoint=checkpoint)
+    return row_fields(result.results, result.history, job["task"], cfg["data"]["dataset"])
+
+
+def resumable_checkpoint(out: Path, config: Mapping) -> Path | None:
+    """``out/checkpoint.pth`` when it holds an unfinished run of the same config."""
+    import torch
+
+    from ..config.study import Trial
+
+    path = out / "checkpoint.pth"
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True).get("config")
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: start the trial again
+        return None
+    if not Trial("", "", 0, dict(config)).same_run(stored):
+        return None
+    return path
+
+
+def row_fields(results: Mapping, history, task: str, dataset: str) -> dict:
+    """Status, metrics (%), training accuracy, times and curves from a run's results."""
+    if results.get("evaluation_error"):
+        return {"status": "failed", "error": f"final evaluation: {results['evaluation_error']}"}
+    if task == "reid":
+        main = results[dataset][MAIN]
+        metrics = {k: 100.0 * float(main[k]) for k in ("mAP", "rank1", "mINP")}
+    else:
+        main = results["final"][MAIN]
+        metrics = {k: float(main[k]) for k in ("top1_err", "top5_err")}
+    history = list(history or [])
+    last = history[-1] if history else {}
+    curves: dict[str, list] = {}
+    for rec in history:
+        for key, value in rec.items():
+            if key in CURVE_KEYS or key.startswith(CURVE_PREFIXES):
+                curves.setdefault(key, []).append(float(value))
+    monitor = {}
+    for rec in results.get("grad_monitor") or []:
+        for key, value in rec.items():
+            if key.startswith("grad/cos/") and key.count("/") == 2:
+                monitor.setdefault(key, []).append(float(value))
+    return {
+        "status": "ok",
+        "metrics": metrics,
+        "train_acc": float(last.get(f"acc/{MAIN}", float("nan"))),
+        "epochs": int(last.get("epoch", 0)),
+        "train_seconds": float(sum(r.get("seconds", 0.0) for r in history)),
+        "curves": curves,
+        "monitor": {k: sum(v) / len(v) for k, v in monitor.items()},
+    }
+
+
+def _write_row(path: Path, row: Mapping) -> None:
+    from ..utils.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(row, indent=1))
+
+
+def read_row(path: Path) -> dict | None:
+    """A trial folder's finished row, or None (absent or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["LOG_FILE", "TRIAL_FILE", "captured_output", "read_row", "row_fields", "run_trial"]

@@ -1,0 +1,283 @@
+"""reid-dhm study: study files, statistics, packing, executors, resuming, reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require_system
+
+from reid_dhm.cli import study as study_cli
+from reid_dhm.config import ConfigError
+from reid_dhm.config.study import load_study
+from reid_dhm.study import decide, describe, paired, plan_slots, verdict
+from reid_dhm.study.summary import summarize
+from reid_dhm.viz.study import study_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SCREEN = ROOT / "docs" / "studies" / "dhm_screen"
+
+
+# ------------------------------------------------------------------------ statistics
+def test_paired_interval_against_a_hand_computed_case():
+    # differences 1, 2, 3: mean 2, std 1, t(0.975, 2) = 4.302653 -> half 2.484138
+    d = paired({1: 10.0, 2: 12.0, 3: 14.0, 4: 99.0}, {1: 9.0, 2: 10.0, 3: 11.0})
+    assert d["seeds"] == [1, 2, 3] and d["n"] == 3
+    assert d["mean"] == pytest.approx(2.0) and d["std"] == pytest.approx(1.0)
+    assert d["low"] == pytest.approx(2 - 2.484138, abs=1e-5)
+    assert d["high"] == pytest.approx(2 + 2.484138, abs=1e-5)
+    assert verdict(d, "mAP") == "no difference"
+    # differences 3, 4, 5: interval [1.516, 6.484] above 0
+    clear = paired({1: 3.0, 2: 4.0, 3: 5.0}, {1: 0.0, 2: 0.0, 3: 0.0})
+    assert verdict(clear, "mAP") == "better"
+    # for an error a positive difference is worse
+    assert verdict(clear, "top1_err") == "worse"
+    assert verdict(paired({1: 1.0}, {1: 0.0}), "mAP") == "too few seeds"
+    s = describe([1.0, 2.0, 6.0])
+    assert s["n"] == 3 and s["mean"] == pytest.approx(3.0)
+    assert s["std"] == pytest.approx(math.sqrt(7.0))
+    assert describe([5.0])["std"] == 0.0
+
+
+def test_the_rule_needs_a_win_somewhere_and_no_loss_beyond_the_margin():
+    tasks = {"a": "reid", "b": "classification"}
+    seeds = {1: 0.0, 2: 0.0, 3: 0.0}
+    table = {
+        # a: cand beats both by 3..5 mAP (better)
+        "a": {"cand": {1: 3.0, 2: 4.0, 3: 5.0}, "dsl": seeds, "dhm": seeds},
+        # b (errors): cand is 0.1..0.3 points worse: lower bound of the gain
+        # -0.2 - 0.248 = -0.448 > -0.5: within the margin
+        "b": {"cand": {1: 0.1, 2: 0.2, 3: 0.3}, "dsl": seeds, "dhm": seeds},
+    }
+    margin = {"reid": 1.0, "classification": 0.5}
+    out = decide(table, tasks, "cand", ["dsl", "dhm"], margin)
+    assert out["passed"] and out["better_somewhere"] and out["within_margin"]
+    assert out["settings"]["b"]["dsl"]["verdict"] == "no difference"
+    # 0.2..0.4 worse: gain's lower bound -0.548 -> fails
+    table["b"]["cand"] = {1: 0.2, 2: 0.3, 3: 0.4}
+    out = decide(table, tasks, "cand", ["dsl", "dhm"], margin)
+    assert not out["passed"] and out["better_somewhere"] and not out["within_margin"]
+    assert any(r.startswith("b: the lower bound") for r in out["reasons"])
+
+
+# ------------------------------------------------------------------------- packing
+def test_runs_per_gpu_packing_for_a_given_gpu_count():
+    plan = plan_slots(cpus=16, gpus=2, cpus_per_run=2, runs_per_gpu=3)
+    assert plan.slots == ("cuda:0",) * 3 + ("cuda:1",) * 3
+    assert plan.gpus_per_run == pytest.approx(1 / 3) and plan.cpus_per_run == 2
+    assert plan_slots(cpus=16, gpus=1, runs_per_gpu=4, jobs=2).slots == ("cuda:0", "cuda:0")
+    cpu = plan_slots(cpus=8, cpus_per_run=3)
+    assert cpu.concurrency == 2 and cpu.gpus_per_run == 0 and set(cpu.slots) == {None}
+    assert plan_slots(cpus=1, cpus_per_run=4).concurrency == 1
+    with pytest.raises(ValueError, match="--runs-per-gpu"):
+        plan_slots(cpus=2, gpus=1, runs_per_gpu=0)
+
+
+# ---------------------------------------------------------------------- study files
+def write_study(tmp_path, tiny_reid, tiny_cifar10, extra_variants="", extra_setting=""):
+    text = f"""
+name: tiny
+description: A tiny study of two settings.
+seeds: [1, 2]
+reference: [dsl]
+settings:
+  reid:
+    dataset: folder
+    overrides: [data.root={tiny_reid}, model.name=dhm_mobilenetv2, model.pretrained=false,
+      data.height=64, data.width=32, data.batch_size=8, data.workers=0, train.max_epoch=1,
+      train.fixbase_epoch=0, test.vis_queries=0]
+    {extra_setting}
+  cls:
+    dataset: cifar10
+    overrides: [data.root={tiny_cifar10}, model.name=dhm_cifar_resnet20, data.workers=0,
+      train.max_epoch=1, data.batch_size=20]
+    variants: [dsl, dhm-adaptive]
+variants:
+  dsl: [loss.mode=dsl]
+  dhm-adaptive: [loss.kl_schedule=adaptive]
+{extra_variants}
+"""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_study_file_errors_name_the_place(tmp_path, tiny_reid, tiny_cifar10):
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10, "  bad: [optim.lr=-1]")
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert "setting 'reid', variant 'bad'" in str(err.value) and "optim.lr" in str(err.value)
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10, "  warm: ['loss.kl_warmup_epochs={w}']")
+    with pytest.raises(ConfigError, match="cannot fill 'w'"):
+        load_study(path)
+    path.write_text(path.read_text().replace("reference: [dsl]", "reference: [nope]"))
+    with pytest.raises(ConfigError, match="'nope' .* is not a variant"):
+        load_study(path)
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10)
+    study = load_study(path, settings=["cls"], seeds=[2])
+    assert [t.key for t in study.trials] == ["cls/dsl/seed2", "cls/dhm-adaptive/seed2"]
+    assert study.trials[1].config["loss"]["kl_schedule"] == "adaptive"
+    assert study.trials[1].config["train"]["seed"] == 2
+    with pytest.raises(ConfigError, match="has no setting 'x'"):
+        load_study(path, settings=["x"])
+
+
+# ------------------------------------------------------------------- end to end
+def _rows(out: Path) -> dict:
+    return {r["key"]: r for r in json.loads((out / "study.json").read_text())["trials"]}
+
+
+@pytest.mark.slow
+def test_local_study_end_to_end_resumes_and_records_a_failing_trial(
+    tmp_path, tiny_reid, tiny_cifar10, capsys
+):
+    # a third variant that fails at run time (weights that do not exist), in reid only
+    path = write_study(
+        tmp_path, tiny_reid, tiny_cifar10, "  broken: [model.pretrained=/nonexistent/w.pth]"
+    )
+    out = tmp_path / "out"
+    args = [str(path), "--out", str(out), "--jobs", "2"]
+    assert study_cli.main([*args, "--seeds", "1"]) == 1  # the failing trial -> status 1
+    rows = _rows(out)
+    assert {k for k, r in rows.items() if r["status"] == "ok"} == {
+        "reid/dsl/seed1", "reid/dhm-adaptive/seed1", "cls/dsl/seed1", "cls/dhm-adaptive/seed1"
+    }  # fmt: skip
+    broken = rows["reid/broken/seed1"]
+    assert broken["status"] == "failed" and "/nonexistent/w.pth" in broken["error"]
+    assert "\n" not in broken["error"]
+    ok = rows["reid/dhm-adaptive/seed1"]
+    assert 0 <= ok["metrics"]["mAP"] <= 100 and ok["epochs"] == 1
+    assert "kl_trust/main" in ok["curves"]  # the adaptive schedule's running accuracy
+    assert (out / "runs" / "reid" / "dsl" / "seed1" / "deployed.pth").is_file()
+    first = {k: r["seconds"] for k, r in rows.items() if r["status"] == "ok"}
+    capsys.readouterr()
+
+    # the whole study now: finished trials are not run again, the failed one is retried
+    assert study_cli.main(args) == 1
+    printed = capsys.readouterr().out
+    assert "4 finished earlier, 6 to run" in printed
+    rows = _rows(out)
+    assert {k: rows[k]["seconds"] for k in first} == first  # untouched
+    assert sum(r["status"] == "ok" for r in rows.values()) == 8
+
+    md = (out / "study.md").read_text()
+    assert "| variant | seeds | mAP | Rank-1 | mINP |" in md
+    assert "| --- | --- | --- |" in md  # separator rows: the tables render on GitHub
+    assert "`dhm-adaptive` | `dsl` | 2 |" in md and "seed 1: " in md  # the failure is listed
+    summary = summarize(json.loads((out / "study.json").read_text()))
+    assert summary["settings"]["cls"]["variants"]["dsl"]["n"] == 2
+    diff = summary["settings"]["reid"]["diffs"]["dhm-adaptive"]["dsl"]["mAP"]
+    assert diff["n"] == 2 and diff["verdict"] in ("better", "worse", "no difference")
+    assert (out / "study.html").stat().st_size > 10_000
+
+    # report-only writes the tables again from study.json, training nothing
+    copy = tmp_path / "STUDY.md"
+    assert (
+        study_cli.main([str(path), "--out", str(out), "--report-only", "--markdown", str(copy)])
+        == 0
+    )
+    assert copy.read_text() == md
+
+
+@pytest.mark.slow
+def test_a_study_killed_half_way_reruns_only_what_is_missing(tmp_path, tiny_reid, tiny_cifar10):
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "reid_dhm", "study", str(path), "--out", str(out), "--jobs", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "study.json").is_file() and sum(
+            r["status"] == "ok" for r in _rows(out).values()
+        ) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole study: driver and trial processes
+    proc.wait()
+    before = {k: r["seconds"] for k, r in _rows(out).items() if r["status"] == "ok"}
+    assert 2 <= len(before) < 8
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(before)} finished earlier, {8 - len(before)} to run" in done.stdout
+    rows = _rows(out)
+    assert all(rows[k]["seconds"] == s for k, s in before.items())
+    assert sum(r["status"] == "ok" for r in rows.values()) == 8
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_the_study(tmp_path, tiny_reid, tiny_cifar10):
+    pytest.importorskip("ray", reason="Ray is in the dev and study extras")
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "reid_dhm", "study", str(path), "--out", str(out),
+           "--executor", "ray", "--cpus-per-run", "1", "--settings", "cls"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "with --executor ray" in done.stdout
+    rows = _rows(out)
+    assert sorted(rows) == ["cls/dhm-adaptive/seed1", "cls/dhm-adaptive/seed2",
+                            "cls/dsl/seed1", "cls/dsl/seed2"]  # fmt: skip
+    assert all(r["status"] == "ok" for r in rows.values())
+    # each trial ran in a Ray worker process of its own, not in the driver
+    pids = {json.loads((out / "runs" / key / "trial.json").read_text())["pid"] for key in rows}
+    assert len(pids) == 4 and done.stdout.count("\n") >= 5
+
+
+def test_ray_missing_is_one_line(monkeypatch):
+    from reid_dhm.study.executors import Plan, run_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"pip install 'reid-dhm\[study\]'"):
+        next(run_ray([], Plan((None,), 1, 0.0)))
+
+
+# -------------------------------------------------------------------------- reports
+def test_dhm_study_doc_is_generated_from_the_committed_study_json():
+    data = json.loads((ROOT / "docs" / "studies" / "dhm_screen" / "study.json").read_text())
+    expected = study_markdown(
+        data, summarize(data), "reid-dhm study configs/studies/dhm_screen.yaml"
+    )
+    assert (ROOT / "docs" / "studies" / "dhm_screen" / "study.md").read_text() == expected
+
+
+@pytest.mark.slow
+def test_study_page_renders_in_headless_chromium(tmp_path):
+    require_system(CHROMIUM, "chromium")
+    from playwright.sync_api import sync_playwright
+
+    from reid_dhm.study import write_reports
+
+    data = json.loads((SCREEN / "study.json").read_text())
+    _, page_path = write_reports(tmp_path, data)
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: r.url.startswith("http") and problems.append(r.url))
+            page.goto(page_path.as_uri())
+            page.wait_for_load_state("load")
+            sizes = page.evaluate(
+                "Array.from(document.images).map(i => [i.className, i.naturalWidth])"
+            )
+            settings = len(summarize(data)["settings"])
+            assert [k for k, _ in sizes].count("strip") == settings
+            assert [k for k, _ in sizes].count("curves") == settings
+            assert all(w > 300 for _, w in sizes)
+            assert "Paired differences" in page.inner_text("pre")
+        finally:
+            browser.close()
+    assert problems == []
