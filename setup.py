@@ -50,6 +50,9 @@ setup(
         # BoxMOT's ONNX ReID backend pip-installs exactly onnxruntime 1.24.3 at run time
         # when another version is present; pinning it here keeps runs offline.
         "boxmot": ["boxmot==25.0.0", "onnxruntime==1.24.3"],
+        # Ray runs `reid-dhm study --executor ray` (one machine or a cluster); the local
+        # executor needs nothing beyond the core install.
+        "study": ["ray>=2.40"],
         # playwright drives Debian's /usr/bin/chromium in the report test (no browser download).
         "dev": [
             "pytest",
@@ -60,6 +63,7 @@ setup(
             "onnxruntime==1.24.3",
             "playwright",
             "boxmot==25.0.0",
+            "ray>=2.40",
         ],
     },
 )

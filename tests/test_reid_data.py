@@ -104,3 +104,54 @@ def test_a_non_image_file_fails_when_the_folder_is_read(tiny_reid, tmp_path):
     bad.write_bytes(b"")
     with pytest.raises(ValueError, match=f"cannot read image .*{bad.name}"):
         build_reid_datamanager("folder", root, height=64, width=32, workers=0)
+
+
+def test_registered_dataset_pickles_for_spawned_loader_workers(tiny_reid):
+    """DataLoader workers started by spawn (a study's trial processes, macOS) pickle the
+    data set; its class is made at run time, so it must pickle through the registry."""
+    import pickle
+
+    import torch
+
+    manager = build_reid_datamanager(
+        "folder", tiny_reid, height=64, width=32, batch_size=4, test_batch_size=8, workers=0
+    )
+    gallery = manager.test_loader["folder"]["gallery"].dataset  # no random transforms
+    copy = pickle.loads(pickle.dumps(gallery))
+    assert type(copy) is type(gallery) and len(copy) == len(gallery)
+    assert copy.data == gallery.data
+    assert torch.equal(copy[0]["img"], gallery[0]["img"])
+    loader = torch.utils.data.DataLoader(
+        gallery, batch_size=4, num_workers=1, multiprocessing_context="spawn"
+    )
+    batch = next(iter(loader))
+    assert torch.equal(batch["img"][0], gallery[0]["img"])
+
+
+def test_synthreid_built_once_when_two_processes_ask_at_the_same_time(tmp_path):
+    """Runs started side by side must not build the data twice: the second build would
+    delete the folder the first one is reading."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from reid_dhm.data.synthreid import SynthReIDSpec, generate_synthreid;"
+        "spec = SynthReIDSpec(num_train_ids=6, num_test_ids=5, num_cameras=3,"
+        " images_per_camera=(2, 3), cameras_per_id=(2, 3), num_distractors=3, num_junk=2,"
+        " height=64, width=32);"
+        "d = generate_synthreid(sys.argv[1], spec); print(sorted(p.name for p in d.iterdir()))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0] and "query" in outs[0][0]
+    dest = tmp_path / "synthreid"
+    assert json.loads((dest / MARKER).read_text())["num_train_ids"] == 6
+    # one build: no half-built temporary folder is left, every split is complete
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synthreid-")]
+    counts = [len(list((dest / s).glob("*.jpg"))) for s in ("bounding_box_train", "query")]
+    assert all(counts)

@@ -130,6 +130,47 @@ def test_study_file_errors_name_the_place(tmp_path, tiny_reid, tiny_cifar10):
         load_study(path, settings=["x"])
 
 
+def test_reuse_takes_matching_rows_from_another_study(tmp_path, tiny_reid, tiny_cifar10):
+    """A confirmation study starts from the seeds its screen ran with the same config;
+    a row whose config differs (here the lr) is not taken."""
+    from reid_dhm.study.run import _finished, run_study
+    from reid_dhm.study.run import write_study as write_json
+
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10)
+    screen = load_study(path, settings=["cls"])
+    rows = {
+        t.key: {"key": t.key, "setting": t.setting, "variant": t.variant, "seed": t.seed,
+                "status": "ok", "metrics": {"top1_err": 50.0 + t.seed}, "train_acc": 60.0,
+                "seconds": 1.0, "config": t.config}
+        for t in screen.trials
+    }  # fmt: skip
+    (tmp_path / "screen").mkdir()
+    write_json(tmp_path / "screen" / "study.json", screen, rows)
+    path.write_text(path.read_text() + "reuse: [screen/study.json]\n")
+    confirm = load_study(path, settings=["cls"])
+    lines = []
+    data = run_study(confirm, tmp_path / "confirm", echo=lines.append)
+    assert "4 finished earlier, 0 to run" in lines[0]
+    assert {r["key"]: r["metrics"] for r in data["trials"]} == {
+        k: r["metrics"] for k, r in rows.items()
+    }
+    changed = load_study(path, settings=["cls"], seeds=[1])
+    stale = json.loads(json.dumps(rows["cls/dsl/seed1"]))
+    stale["config"]["optim"]["lr"] *= 2
+    assert _finished([], changed.trials, tmp_path / "runs", [stale]) == {}
+    path.write_text(path.read_text().replace("screen/study.json", "nowhere/study.json"))
+    with pytest.raises(ValueError, match="reuse names .*nowhere/study.json"):
+        run_study(load_study(path), tmp_path / "confirm2", echo=lines.append)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "studies").glob("*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_every_shipped_study_file_resolves(path):
+    study = load_study(path)
+    assert study.trials and set(study.tasks) == set(study.spec.settings)
+    assert len({t.key for t in study.trials}) == len(study.trials)
+
+
 # ------------------------------------------------------------------- end to end
 def _rows(out: Path) -> dict:
     return {r["key"]: r for r in json.loads((out / "study.json").read_text())["trials"]}

@@ -18,6 +18,12 @@ A study file (``configs/studies/*.yaml``)::
       baseline: [loss.mode=baseline]
       dhm-warmup: ["loss.kl_warmup_epochs={quarter}"]
     rule: {candidate: dhm-adaptive, against: [dsl, dhm]}   # optional, see stats.decide
+    reuse: [../../docs/studies/dhm_screen/study.json]     # optional, see below
+
+``reuse`` names other studies' ``study.json`` files (relative to the study file): a
+trial of this study whose key (setting/variant/seed) has an ``ok`` row there with the
+same run config (``Trial.same_run``) is taken from it instead of trained again, so a
+confirmation study starts from the seeds its screen already ran.
 
 A trial's config is ``resolve_config(dataset, config, overrides = setting's + variant's
 + [train.seed=SEED])``. Every trial is resolved when the file is read, so a bad key in
@@ -71,6 +77,7 @@ class StudySpec(_Closed):
     settings: dict[str, SettingSpec] = Field(min_length=1)
     variants: dict[str, list[str]] = Field(min_length=1)
     rule: RuleSpec | None = None
+    reuse: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,11 @@ class Study:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def reuse_paths(self) -> list[Path]:
+        """The ``reuse`` files, resolved against the study file's folder."""
+        return [self.path.parent / p for p in self.spec.reuse]
 
 
 def load_study(

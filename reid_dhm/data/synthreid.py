@@ -421,18 +421,18 @@ def generate_synthreid(root: str | os.PathLike, spec: SynthReIDSpec | None = Non
     dest = Path(root).expanduser().resolve() / "synthreid"
     wanted = {"format": FORMAT_VERSION, **asdict(spec)}
     wanted = json.loads(json.dumps(wanted))  # tuples -> lists, as read back
-    if _is_build(dest, wanted):
+    if _is_built(dest, wanted):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Runs started side by side (a study's trials) must not build it twice: the second
     # build would delete the folder the first run is already reading.
     with FileLock(str(dest.parent / ".synthreid.lock")):
-        if not _is_build(dest, wanted):
+        if not _is_built(dest, wanted):
             _build(dest, spec, wanted)
     return dest
 
 
-def _is_build(dest: Path, wanted: dict) -> bool:
+def _is_built(dest: Path, wanted: dict) -> bool:
     """Whether ``dest`` holds a finished build of ``wanted``."""
     try:
         return json.loads((dest / MARKER).read_text()) == wanted

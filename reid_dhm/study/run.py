@@ -41,17 +41,33 @@ def read_study(path: Path) -> dict | None:
     return data
 
 
-def _finished(rows: Iterable[Mapping], trials: Iterable[Trial], runs_dir: Path) -> dict:
-    """key -> ok row, for the trials whose config still matches."""
+def _finished(
+    rows: Iterable[Mapping], trials: Iterable[Trial], runs_dir: Path, reused: Iterable[Mapping] = ()
+) -> dict:
+    """key -> ok row, for the trials whose config still matches: this study's own rows
+    first, then the rows of the studies it reuses, then the trial folders."""
     by_key = {r["key"]: r for r in rows}
+    other = {}
+    for row in reused:
+        other.setdefault(row["key"], []).append(row)
     done = {}
     for trial in trials:
-        row = by_key.get(trial.key)
-        if not _ok(row, trial):
-            row = read_row(trial_dir(runs_dir, trial) / TRIAL_FILE)
+        candidates = [by_key.get(trial.key), *other.get(trial.key, ())]
+        row = next((r for r in candidates if _ok(r, trial)), None)
+        row = row or read_row(trial_dir(runs_dir, trial) / TRIAL_FILE)
         if _ok(row, trial):
             done[trial.key] = row
     return done
+
+
+def _reused_rows(study: Study) -> list[Mapping]:
+    rows = []
+    for path in study.reuse_paths:
+        data = read_study(path)
+        if data is None:
+            raise ValueError(f"{study.path}: reuse names {path}, which does not exist")
+        rows.extend(data["trials"])
+    return rows
 
 
 def _ok(row: Mapping | None, trial: Trial) -> bool:
@@ -134,7 +150,7 @@ def run_study(
     path = out / STUDY_FILE
     earlier = read_study(path)
     rows = {r["key"]: r for r in (earlier or {}).get("trials", [])}
-    done = _finished(rows.values(), study.trials, runs_dir)
+    done = _finished(rows.values(), study.trials, runs_dir, _reused_rows(study))
     rows.update(done)
     # Seed-major order: a study stopped half-way has whole seeds of every variant.
     todo = sorted(

@@ -13,8 +13,9 @@ def summarize(data: Mapping) -> dict:
 
     Per setting: ``task``, ``metrics`` (deciding first), ``variants`` (variant ->
     ``n``, ``seeds``, ``metrics`` (metric -> mean/std/n), ``per_seed`` (seed -> deciding
-    metric), ``train_acc``, ``seconds``, ``failed`` (one-line errors)) and ``diffs``
-    (variant -> reference -> metric -> paired difference with its ``verdict``).
+    metric), ``train_acc``, ``seconds``, ``failed`` (one-line errors)), ``diffs``
+    (variant -> reference -> metric -> paired difference with its ``verdict``) and
+    ``trial_seconds`` (the finished trials' wall times, summed).
     """
     spec, tasks = data["spec"], data["tasks"]
     rows = data["trials"]
@@ -52,6 +53,8 @@ def summarize(data: Mapping) -> dict:
             "metrics": list(metrics),
             "variants": variants,
             "diffs": diffs,
+            # each finished trial's own wall time, summed (trials may have run side by side)
+            "trial_seconds": sum(r["seconds"] for r in mine if r["status"] == "ok"),
         }
     return {"settings": settings, "decision": _decision(data, settings), "counts": _counts(rows)}
 

@@ -78,6 +78,12 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
             _pm(v["train_acc"]), f"{v['seconds']['mean']:.0f}" if v["n"] else "-",
         ])  # fmt: skip
     lines += table(head, rows) + [""]
+    done = sum(v["n"] for v in s["variants"].values())
+    lines += [
+        f"Trial time: {s['trial_seconds'] / 3600:.1f} h over {done} finished trials (each "
+        "trial's own wall time, summed; trials that ran side by side overlap).",
+        "",
+    ]
     variant_list = ", ".join(
         f"`{name}`: {' '.join(spec['variants'][name]) or '(the setting as it is)'}"
         for name in s["variants"]
