@@ -56,7 +56,14 @@ def summarize(data: Mapping) -> dict:
             # each finished trial's own wall time, summed (trials may have run side by side)
             "trial_seconds": sum(r["seconds"] for r in mine if r["status"] == "ok"),
         }
-    return {"settings": settings, "decision": _decision(data, settings), "counts": _counts(rows)}
+    counts = {**_counts(rows), "planned": _planned(spec)}
+    return {"settings": settings, "decision": _decision(data, settings), "counts": counts}
+
+
+def _planned(spec: Mapping) -> int:
+    """How many trials the study file asks for (settings x their variants x seeds)."""
+    per_setting = (len(s.get("variants") or spec["variants"]) for s in spec["settings"].values())
+    return sum(per_setting) * len(spec["seeds"])
 
 
 def _seeds(rows, variant: str, metric: str) -> dict[int, float]:

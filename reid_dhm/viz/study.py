@@ -43,7 +43,7 @@ def study_markdown(data: Mapping, summary: Mapping) -> str:
     if spec.get("description"):
         lines += [spec["description"].strip(), ""]
     lines += [
-        f"Generated from `study.json` ({counts['ok']} of {counts['trials']} trials finished"
+        f"Generated from `study.json` ({counts['ok']} of {counts['planned']} trials finished"
         + (f", {counts['failed']} failed" if counts["failed"] else "")
         + f") by `{command}`.",
         "Metrics of the deployed main branch in %, mean +- std over seeds. Differences are "
@@ -67,6 +67,10 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
         what += f" `--config {sspec['config']}`"
     if sspec.get("overrides"):
         what += " " + " ".join(f"`{o}`" for o in sspec["overrides"])
+    if sspec.get("vars"):
+        what += "; in the variants " + ", ".join(
+            f"`{{{k}}}` = {v}" for k, v in sspec["vars"].items()
+        )
     lines = [f"## {setting}", "", f"{s['task']}: {what.strip()}", ""]
     head = ["variant", "seeds", *(NAMES[m] for m in metrics), f"{NAMES[first]} per seed",
             "train acc (%)", "time / run (s)"]  # fmt: skip
