@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .models import DHMNet
+from .models.dhm import check_input_size
 from .utils.checkpoint import unwrap
+from .utils.checks import Range
 from .utils.io import atomic_path, atomic_write, atomic_write_text
 
 
@@ -55,6 +57,40 @@ class NormalizedInput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x * self.scale + self.shift)
+
+
+# torch.onnx's exporter (dynamo) writes opset 18 or newer: asked for an older one, it
+# falls back to 18 without failing, so an older opset is refused rather than mislabelled.
+FIRST_OPSET = 18
+# |ONNX Runtime - PyTorch| allowed per element (absolute and relative parts).
+TOLERANCE = Range(0)
+
+
+def opset_range() -> tuple[int, int]:
+    """(oldest, newest) opset the export can write with the installed ``onnx``."""
+    import onnx
+
+    return FIRST_OPSET, int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset) -> int:
+    """``opset`` if the exporter writes exactly that version, else a one-line ValueError."""
+    low, high = opset_range()
+    whole = isinstance(opset, int) and not isinstance(opset, bool)
+    if not whole or not low <= opset <= high:
+        raise ValueError(
+            f"opset {opset!r} cannot be exported: torch.onnx writes opsets {low} to {high} "
+            f"here (an older one would silently come out as {low}); pass --opset {low} or newer"
+        )
+    return opset
+
+
+def _written_opset(path: Path) -> int:
+    """The default-domain opset the file at ``path`` declares."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _as_pairs(stats) -> tuple | None:
@@ -90,8 +126,10 @@ def export_onnx(
 
     Args:
         model: a reid_dhm model (aux branches are dropped by ``deploy()``).
-        image_size: (H, W) of the example input; the batch size stays dynamic.
-        opset: ONNX opset version.
+        image_size: (H, W) of the example input, each at least the model's
+            ``input_stride`` (the rule training configs meet); the batch stays dynamic.
+        opset: ONNX opset version, :data:`FIRST_OPSET` to the installed onnx's newest
+            (:func:`check_opset`); the written file is checked to declare it.
         normalize: optional (mean, std) baked into the graph (input RGB in [0, 1]).
         input_normalization: with ``normalize``: the (mean, std) the graph's input is
             already normalised with (instead of RGB in [0, 1]); the graph converts it.
@@ -102,19 +140,24 @@ def export_onnx(
         ``{'path', 'max_abs_diff', 'opset', 'input', 'output', 'embedding_dim', 'bytes'}``.
 
     Raises:
-        ValueError: ONNX Runtime's outputs differ from PyTorch's beyond the tolerance
-            (the target file is not written).
+        ValueError: an opset, tolerance or input size that cannot work, or ONNX
+            Runtime's outputs differ from PyTorch's beyond the tolerance (the target
+            file is not written).
     """
     ort = _require_onnx()
     bare = unwrap(model)
     if not isinstance(bare, DHMNet):
         raise TypeError(f"export_onnx needs a reid_dhm model, got {type(bare).__name__}")
+    check_opset(opset)
+    TOLERANCE.check(atol, "atol")
+    TOLERANCE.check(rtol, "rtol")
+    # The same rule a training config's data.height / data.width meet.
+    h, w = check_input_size(*image_size, bare.input_stride, type(bare).__name__)
     net = bare.deploy().cpu().float().eval()
     if input_normalization is not None and normalize is None:
         raise ValueError("input_normalization needs normalize=(mean, std) of the model")
     if normalize is not None and _as_pairs(normalize) != _as_pairs(input_normalization):
         net = NormalizedInput(net, *normalize, *(input_normalization or ())).eval()
-    h, w = image_size
     gen = torch.Generator().manual_seed(seed)
     example = torch.rand(2, 3, h, w, generator=gen)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -133,7 +176,13 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        written = _written_opset(tmp)
+        if written != opset:
+            raise ValueError(
+                f"opset {opset} was asked, but torch.onnx wrote opset {written}; {path} was "
+                f"not written: pass --opset {written}"
+            )
+        session = _ort_session(ort, tmp, opset, path)
         # Unit-range input when the graph takes RGB in [0, 1], else roughly what
         # normalised images look like.
         unit = normalize is not None and input_normalization is None
@@ -154,6 +203,18 @@ def export_onnx(
             "rgb in [0, 1]" if unit else _as_pairs(input_normalization or normalize)
         ),
     }
+
+
+def _ort_session(ort, tmp: Path, opset: int, path: Path):
+    """An ONNX Runtime CPU session of ``tmp``; one line when this runtime cannot load it."""
+    try:
+        return ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own (pybind) exception types
+        raise ValueError(
+            f"ONNX Runtime {ort.__version__} cannot load the opset {opset} export ("
+            f"{str(err).strip().splitlines()[0][:200]}); {path} was not written: pass an "
+            f"older --opset (>= {FIRST_OPSET})"
+        ) from None
 
 
 def _compare_with_torch(session, net, size, batches, gen, unit: bool, tol, path) -> tuple:

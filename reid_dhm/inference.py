@@ -14,11 +14,13 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data.preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, Preprocessing, read_image
+from .data.preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, Preprocessing
 from .models import MAIN, DHMNet
 from .models.checkpoint import model_from_checkpoint
 from .utils.checkpoint import load_checkpoint, unwrap
 from .utils.device import resolve_device
+from .utils.images import read_image, to_rgb
+from .utils.options import DEFAULT_MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
 
 
 @torch.no_grad()
@@ -60,6 +62,12 @@ def extract_loader_features(
     return stacked, np.asarray(pids, dtype=np.int64), np.asarray(camids, dtype=np.int64), paths
 
 
+def trained_image_limit(ckpt: Mapping) -> int:
+    """The pixel limit a checkpoint's run read images with (``data.max_image_pixels``)."""
+    data = (ckpt.get("config") or {}).get("data") or {}
+    return data.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+
+
 def list_images(source: str | os.PathLike | Iterable) -> list[str]:
     """Image files from a file, a folder (sorted, non-recursive) or an iterable of paths."""
     if isinstance(source, (str, os.PathLike)):
@@ -89,6 +97,9 @@ class FeatureExtractor:
         branch: which branch embeds (``'main'``: the deployed model).
         normalize: L2-normalise the embeddings (for cosine / inner-product search).
         bgr: default channel order of numpy arrays (True for OpenCV frames).
+        max_image_pixels: image files with more pixels are refused (one ValueError
+            naming the file) before decoding; ``from_checkpoint`` takes the training
+            run's ``data.max_image_pixels`` (default: PIL's limit, 89,478,485).
 
     Accepted images, one or a list (a list may mix kinds):
 
@@ -99,8 +110,10 @@ class FeatureExtractor:
     * a torch float tensor 3xHxW or Nx3xHxW: already model input (resized and
       normalised), passed through as it is.
 
-    Conversion rule: greyscale is replicated to three channels, an alpha channel is
-    dropped (colour values kept, not composited), palette images are expanded.
+    Conversion rule: files and PIL images are turned upright by their EXIF
+    orientation; greyscale is replicated to three channels (16-bit grey scaled to
+    8 bits), an alpha channel is dropped (colour values kept, not composited),
+    palette images are expanded.
     Every image is resized to the input size with the stored interpolation (PIL),
     scaled to [0, 1] and normalised. The same picture in any of these forms gives the
     same embedding, and embedding in batches gives what one-by-one gives (up to
@@ -120,15 +133,21 @@ class FeatureExtractor:
         interpolation: str | None = None,
         preprocessing: Preprocessing | Mapping | None = None,
         bgr: bool = False,
+        max_image_pixels: int | None = None,
     ):
         if isinstance(model, (str, os.PathLike)):
             ckpt = load_checkpoint(model)
             model = model_from_checkpoint(ckpt)
             if preprocessing is None:
                 preprocessing = Preprocessing.from_checkpoint(ckpt)
+            if max_image_pixels is None:
+                max_image_pixels = trained_image_limit(ckpt)
         bare = unwrap(model)
         if not isinstance(bare, DHMNet):
-            raise TypeError(f"FeatureExtractor needs a reid_dhm model, got {type(bare).__name__}")
+            raise TypeError(
+                "FeatureExtractor needs a reid_dhm model or a checkpoint's path (a run's "
+                f"checkpoint.pth), got {'None' if bare is None else type(bare).__name__}"
+            )
         if branch not in bare.branch_names:
             raise ValueError(f"unknown branch {branch!r}; this model has {list(bare.branch_names)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -148,6 +167,9 @@ class FeatureExtractor:
         self.branch = branch
         self.normalize = normalize
         self.bgr = bool(bgr)
+        if max_image_pixels is None:
+            max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+        self.max_image_pixels = MAX_IMAGE_PIXELS.check(max_image_pixels, "max_image_pixels")
         pre = self.preprocessing
         self._filter = INTERPOLATIONS[pre.interpolation]
         self._mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -158,6 +180,7 @@ class FeatureExtractor:
         """Build from a reid_dhm checkpoint, with the preprocessing stored in it."""
         ckpt = load_checkpoint(path)
         kwargs.setdefault("preprocessing", Preprocessing.from_checkpoint(ckpt))
+        kwargs.setdefault("max_image_pixels", trained_image_limit(ckpt))
         return cls(model_from_checkpoint(ckpt), **kwargs)
 
     @property
@@ -180,9 +203,9 @@ class FeatureExtractor:
     def _pil(self, image, bgr: bool) -> Image.Image:
         """One image of any accepted kind -> RGB PIL image (conversion rule above)."""
         if isinstance(image, (str, os.PathLike)):
-            return read_image(str(image))
+            return read_image(image, self.max_image_pixels)
         if isinstance(image, Image.Image):
-            return image if image.mode == "RGB" else image.convert("RGB")
+            return to_rgb(image)
         if isinstance(image, Tensor):
             if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3, 4):
                 raise ValueError(
@@ -315,9 +338,9 @@ class FeatureExtractor:
         """
         bgr = self.bgr if bgr is None else bgr
         if isinstance(frame, (str, os.PathLike)):
-            frame, bgr = np.asarray(read_image(str(frame))), False
+            frame, bgr = np.asarray(read_image(frame, self.max_image_pixels)), False
         elif isinstance(frame, Image.Image):
-            frame, bgr = np.asarray(frame.convert("RGB")), False
+            frame, bgr = np.asarray(to_rgb(frame)), False
         if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
             raise ValueError("crops() needs one frame: an HxWx3 uint8 array, a PIL image or a path")
         boxes = np.asarray(boxes_xyxy, dtype=np.float64)

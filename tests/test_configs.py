@@ -8,11 +8,12 @@ from reid_dhm.config import resolve_config
 from reid_dhm.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# Recipes; the files under _base_/ folders are the parts they inherit (see test_config.py).
+# Recipes; the files under _base_/ folders are the parts they inherit (see test_config.py);
+# configs/studies/ holds study files, not recipes (test_study.py resolves every one).
 ALL_YAML = [
     p
     for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
-    if "_base_" not in p.relative_to(CONFIGS).parts
+    if not {"_base_", "studies"} & set(p.relative_to(CONFIGS).parts)
 ]
 BASES = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" in p.relative_to(CONFIGS).parts)
 

@@ -38,7 +38,8 @@ def test_a_mismatch_writes_nothing_and_keeps_the_old_file(tmp_path):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous export")
     with pytest.raises(ValueError, match="differs from PyTorch.*was not written"):
-        export_onnx(model, target, (64, 32), atol=-1.0, rtol=0.0)
+        # No tolerance at all: ONNX Runtime's float rounding differs from PyTorch's.
+        export_onnx(model, target, (64, 32), atol=0.0, rtol=0.0)
     assert target.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 

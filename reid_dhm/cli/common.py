@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from ..config import ConfigError
 from ..runs.errors import RunStopped, UsageError, error_line
+from ..utils.io import OutputError
 
 
 def doc_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -20,6 +23,34 @@ def doc_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(lines[2:]),
     )
+
+
+def newest_checkpoint(folder: Path, option: str, say: Callable = print) -> Path:
+    """The newest valid checkpoint of the run folder ``folder`` (``checkpoint.pth``, else
+    ``checkpoint.prev.pth``; a damaged one is skipped with a warning through ``say``):
+    the one lookup behind every option that takes a run folder. ``option`` names the
+    option in the one-line error when the folder holds none."""
+    from ..runs.folders import CHECKPOINT_NAMES, find_resume_checkpoint
+
+    found = find_resume_checkpoint(folder, warn=lambda m: say(m, file=sys.stderr))
+    if found is None:
+        raise UsageError(
+            f"{option} {folder}: that folder holds no readable checkpoint "
+            f"({' / '.join(CHECKPOINT_NAMES)})"
+        )
+    return found
+
+
+def checkpoint_argument(path: str, option: str = "--checkpoint") -> str:
+    """A checkpoint option's value: a file as given, or a run folder's newest checkpoint.
+
+    The choice is said on stderr, so that stdout keeps only the command's results.
+    """
+    if not Path(path).is_dir():
+        return path
+    found = newest_checkpoint(Path(path), option)
+    print(f"=> {option} {path}: using {found}", file=sys.stderr)
+    return str(found)
 
 
 def fail(message: str, status: int = 2) -> int:
@@ -43,6 +74,10 @@ def run_guarded(body, *args) -> int:
     except RunStopped as stop:
         print(str(stop), file=sys.stderr)
         return stop.code
+    except OutputError as err:  # a full, read-only or misnamed output place
+        if os.environ.get("REID_DHM_DEBUG"):
+            raise
+        return fail(str(err), 1)
     except KeyboardInterrupt:
         if os.environ.get("REID_DHM_DEBUG"):
             raise
@@ -57,6 +92,8 @@ def run_guarded(body, *args) -> int:
 __all__ = [
     "USER_ERRORS",
     "ConfigError",
+    "checkpoint_argument",
+    "newest_checkpoint",
     "RunStopped",
     "UsageError",
     "doc_parser",

@@ -18,13 +18,15 @@ from __future__ import annotations
 import argparse
 
 from ..runs.export import FORMATS
-from .common import doc_parser, run_guarded
+from .common import checkpoint_argument, doc_parser, run_guarded
 
 
 # The docstring is the --help text; the work is reid_dhm.runs.export.export_checkpoint.
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = doc_parser(__doc__, prog)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint", required=True, help="a checkpoint, or a run folder (its newest valid one)"
+    )
     p.add_argument(
         "--output",
         required=True,
@@ -34,20 +36,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--height", type=int, help="input height (default: the checkpoint's)")
     p.add_argument("--width", type=int, help="input width (default: the checkpoint's)")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (older ones are refused)")
     p.add_argument(
         "--bake-normalization",
         action="store_true",
         help="onnx: include (x - mean) / std in the graph: feed RGB in [0, 1]",
     )
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument(
+        "--atol", type=float, default=1e-4, help="allowed |ONNX Runtime - PyTorch| (>= 0)"
+    )
     return p
 
 
 def export(args) -> None:
     """``export_checkpoint`` (the parser's destinations are its parameters)."""
+    from ..export import TOLERANCE, check_opset
     from ..runs.export import export_checkpoint
 
+    # The export's own checks, before the checkpoint is read and the model built.
+    check_opset(args.opset)
+    TOLERANCE.check(args.atol, "--atol")
+    args.checkpoint = checkpoint_argument(args.checkpoint)
     export_checkpoint(**vars(args))
 
 

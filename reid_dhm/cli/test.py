@@ -15,12 +15,16 @@ import argparse
 from ..data.reid_manager import REID_DATASETS
 from ..retrieval.validate import METRICS
 from ..utils.options import RANKS
-from .common import run_guarded
+from .common import checkpoint_argument, run_guarded
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a reid_dhm checkpoint (checkpoint.pth)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a reid_dhm checkpoint (checkpoint.pth), or a run folder (its newest valid one)",
+    )
     p.add_argument("--dataset", required=True, choices=REID_DATASETS)
     p.add_argument("--root", default="reid-data", help="data root (folder: the folder itself)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
@@ -52,6 +56,7 @@ def _evaluate(args) -> None:
     """``evaluate_checkpoint`` (the parser's destinations are its parameters)."""
     from ..runs.evaluate import evaluate_checkpoint
 
+    args.checkpoint = checkpoint_argument(args.checkpoint)
     evaluate_checkpoint(**vars(args))
 
 

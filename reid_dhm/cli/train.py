@@ -24,6 +24,7 @@ folder that holds an earlier run first renames that run to <folder>.<time>.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -31,13 +32,14 @@ from pathlib import Path
 from ..config import PRESETS, config_changes, resolve_config
 from ..runs.build import is_main_process
 from ..runs.folders import (
-    CHECKPOINT_NAMES,
     EVAL_DIR,
     default_output_dir,
     find_resume_checkpoint,
     keep_earlier_run,
+    needs_final_evaluation,
+    run_folder_lock,
 )
-from .common import UsageError, doc_parser, fail, run_guarded
+from .common import UsageError, doc_parser, fail, newest_checkpoint, run_guarded
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -106,24 +108,31 @@ def find_resume(args) -> str | None:
     if not args.resume or (args.resume != "auto" and not Path(args.resume).is_dir()):
         return args.resume
     say = print if is_main_process() else (lambda *a, **k: None)
-    auto = args.resume == "auto"
-    if auto:
-        folder = Path(resolve(argparse.Namespace(**{**vars(args), "resume": None}))["output_dir"])
-    else:
-        folder = Path(args.resume)
+    if args.resume != "auto":
+        found = newest_checkpoint(Path(args.resume), "--resume", say)
+        say(f"=> resuming from {found}")
+        return str(found)
+    folder = Path(resolve(argparse.Namespace(**{**vars(args), "resume": None}))["output_dir"])
     found = find_resume_checkpoint(folder, warn=lambda m: say(m, file=sys.stderr))
     if found is not None:
         say(f"=> resuming from {found}")
         return str(found)
-    if not auto:
-        raise UsageError(
-            f"--resume {folder}: that folder holds no readable checkpoint "
-            f"({' / '.join(CHECKPOINT_NAMES)})"
-        )
     if args.eval_only:
         raise UsageError(f"--resume auto --eval-only: no readable checkpoint in {folder}")
     say(f"=> --resume auto: no checkpoint in {folder}; starting a new run")
     return None
+
+
+def refuse_deployed(ckpt, cfg) -> None:
+    """A deployed file (main-branch weights only) given to ``--resume``: one line now,
+    before the data loads, instead of a failed weight load after it."""
+    from ..config.rules import meta_model
+    from ..models.checkpoint import refuse_main_branch_only
+    from ..runs.build import is_foreign_checkpoint
+
+    if is_foreign_checkpoint(ckpt):  # a reid_dhm checkpoint names its model: never one
+        model = meta_model(cfg)
+        refuse_main_branch_only(model, ckpt["state_dict"], ckpt["path"], cfg["model"]["name"])
 
 
 def prepare(args):
@@ -140,9 +149,17 @@ def prepare(args):
     ckpt = load_checkpoint(args.resume) if args.resume else None
     eval_only = args.eval_only
     cfg = resolve(args, ckpt, eval_only)
+    if ckpt is not None:
+        refuse_deployed(ckpt, cfg)
     say = print if is_main_process() else (lambda *a, **k: None)
     done = int(ckpt.get("epoch") or 0) if ckpt is not None else 0
     if ckpt is not None and not eval_only and done >= cfg["train"]["max_epoch"]:
+        if needs_final_evaluation(ckpt):  # e.g. killed during its final evaluation
+            say(
+                f"=> {args.resume} has trained all {done} epochs but its final evaluation "
+                f"never completed: evaluating it to finish the run in {cfg['output_dir']}"
+            )
+            return cfg, ckpt, eval_only
         say(
             f"=> {args.resume} has already trained {done} epochs "
             f"(train.max_epoch={cfg['train']['max_epoch']}): evaluating it only; raise "
@@ -181,12 +198,15 @@ def _main(args) -> None:
     cfg, ckpt, eval_only = prepare(args)
     if args.seeds is not None and cfg["task"] == "reid":
         raise UsageError("--seeds is available for classification datasets only")
-    if is_main_process():
-        keep_earlier_run(Path(cfg["output_dir"]), args.resume, eval_only)
-    with StopSignals() as stops:
-        if args.seeds is not None:
-            train_seeds(cfg, args.seeds)
-        else:
-            train(cfg, checkpoint=ckpt, eval_only=eval_only, should_stop=stops.pending)
+    main = is_main_process()
+    # The lock first: a second run into this folder must not move the first one's aside.
+    with run_folder_lock(cfg["output_dir"]) if main else contextlib.nullcontext():
+        if main:
+            keep_earlier_run(Path(cfg["output_dir"]), args.resume, eval_only)
+        with StopSignals() as stops:
+            if args.seeds is not None:
+                train_seeds(cfg, args.seeds)
+            else:
+                train(cfg, checkpoint=ckpt, eval_only=eval_only, should_stop=stops)
     if is_main_process():
         print(f"done in {time.time() - start:.0f} s; outputs in {cfg['output_dir']}")

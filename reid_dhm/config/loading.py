@@ -26,13 +26,80 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and file at fault."""
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """One YAML file's top-level mapping as written (``_base_`` not followed)."""
-    path = Path(path)
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping (the second would silently win)."""
+
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(problem=f"duplicate key {key!r}")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping, at any depth.
+
+    PyYAML keeps the last of two equal keys, so a second ``optim:`` section would
+    silently drop every key set only in the first. Keys brought in by a ``<<:`` merge
+    may still be overridden: that is what merging is for.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a config file, or None when it is a file."""
+    if path.is_dir():
+        return "is a directory, not a config file: pass a YAML file in it"
     if not path.is_file():
+        return "not found"
+    return None
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """One YAML file's top-level mapping as written (``_base_`` not followed).
+
+    Raises:
+        ConfigError: one line naming the file: missing, a directory, unreadable, not
+            UTF-8, not valid YAML, a duplicate key (with both lines), not a mapping.
+    """
+    path = Path(path)
+    problem = _file_problem(path)
+    if problem == "not found":
         raise ConfigError(f"config file not found: {path}")
+    if problem:
+        raise ConfigError(f"{path} {problem}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}): save the file as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except DuplicateKeyError as err:
+        raise ConfigError(
+            f"{path}, line {err.line}: duplicate key {err.key!r} (first at line "
+            f"{err.first_line}); the second would replace the first: merge them into one"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:
@@ -67,8 +134,11 @@ def _layers(path: Path, chain: tuple[Path, ...]) -> list[tuple[str, dict]]:
         if target.resolve() in (*chain, here):
             loop = " -> ".join(p.name for p in (*chain, here, target.resolve()))
             raise ConfigError(f"{path}: {BASE_KEY} {base!r} makes a cycle ({loop})")
-        if not target.is_file():
+        problem = _file_problem(target)
+        if problem == "not found":
             raise ConfigError(f"{path}: {BASE_KEY} {base!r} not found (looked for {target})")
+        if problem:
+            raise ConfigError(f"{path}: {BASE_KEY} {base!r} ({target}) {problem}")
         layers += _layers(target, (*chain, here))
     return [*layers, (str(path), data)]
 
@@ -100,7 +170,9 @@ def parse_override(text: str) -> dict:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw) if raw.strip() else ""
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r}: duplicate key {err.key!r}") from None
     except yaml.YAMLError:
         value = raw  # not YAML: the schema decides whether a plain string is fine
     nested: dict = {}

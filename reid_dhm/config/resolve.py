@@ -20,7 +20,14 @@ from .presets import PRESETS
 from .schema import DEFAULTS, Config, section_of
 
 # pydantic error types -> the type a value must have, in today's words.
-_TYPE_WORDS = {"float": "float", "int": "int", "bool": "bool", "string": "str", "list": "list"}
+_TYPE_WORDS = {
+    "finite_number": "a finite number",
+    "float": "float",
+    "int": "int",
+    "bool": "bool",
+    "string": "str",
+    "list": "list",
+}
 
 
 def merge(base: dict, update: Mapping, source: str, origin: dict | None = None) -> dict:
@@ -196,7 +203,7 @@ def resolve_config(
     for source, update in steps:
         cfg = validate(merge(cfg, update, source, origin), origin)
     rules.complete(cfg, origin)
-    rules.check_values(cfg, training, origin)
+    rules.check_values(cfg, training, origin, from_checkpoint=resumed is not None)
     return cfg
 
 

@@ -7,9 +7,16 @@ Each rule that the library also enforces calls the library's own check
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from ..utils.options import check_identity_batch, check_schedule, implied_kl_schedule
+from ..utils.options import (
+    CE_WEIGHT,
+    check_identity_batch,
+    check_run_ranks,
+    check_schedule,
+    implied_kl_schedule,
+)
 from .loading import ConfigError
 from .schema import DEFAULTS, task_only_keys
 
@@ -47,13 +54,21 @@ def complete(cfg: dict, origin: Mapping[str, str]) -> None:
         _fail(key, str(err), origin)
 
 
-def check_values(cfg: Mapping, training: bool, origin: Mapping[str, str]) -> None:
+def check_values(
+    cfg: Mapping, training: bool, origin: Mapping[str, str], from_checkpoint: bool = False
+) -> None:
     """The cross-key rules of a schema-valid config; a ConfigError names the key.
+
+    Everything a run would otherwise find out only after its data has loaded is
+    checked here: the model can be built with ``model.branches`` / ``model.kwargs``,
+    ``loss.ce_weights`` names its branches, ``model.pretrained`` is a file.
 
     Args:
         training: the run trains, so ``train.max_epoch`` must be at least 1 (an
             evaluation-only run may leave it at 0) and the schedule must be usable.
         origin: dotted key -> the layer that set it (file, override, checkpoint).
+        from_checkpoint: the weights come from a checkpoint, so ``model.pretrained``
+            is never read (its file may be gone since the run trained).
     """
     least = 1 if training else 0
     epochs = cfg["train"]["max_epoch"]
@@ -62,7 +77,15 @@ def check_values(cfg: Mapping, training: bool, origin: Mapping[str, str]) -> Non
         _fail("train.max_epoch", f"'train.max_epoch' must be >= {least}{why}, got {epochs}", origin)
     _check_task_keys(cfg, origin)
     _check_model(cfg, origin)
+    _check_build(cfg, origin)
+    if not from_checkpoint:
+        _check_pretrained(cfg["model"]["pretrained"], origin)
     _check_batches(cfg, origin)
+    if cfg["task"] == "reid":
+        try:
+            check_run_ranks(cfg["test"]["ranks"])
+        except ValueError as err:
+            _fail("test.ranks", str(err), origin)
     if training:
         try:
             check_schedule(max_epoch=epochs, **cfg["scheduler"])
@@ -90,6 +113,7 @@ def _check_task_keys(cfg: Mapping, origin: Mapping[str, str]) -> None:
 
 def _check_model(cfg: Mapping, origin: Mapping[str, str]) -> None:
     """The model name against the registry, its options, and the image size."""
+    from ..models.dhm import check_input_size
     from ..models.registry import get_entry, list_models, models_with_option
 
     model = cfg["model"]
@@ -112,15 +136,90 @@ def _check_model(cfg: Mapping, origin: Mapping[str, str]) -> None:
             f"'test.feature' is {cfg['test']['feature']!r}, which needs model.neck=bnneck",
             origin,
         )
-    stride = entry.input_stride
-    for key in ("data.height", "data.width"):
-        if _get(cfg, key) < stride:
+    keys = ("data.height", "data.width")
+    try:
+        check_input_size(
+            cfg["data"]["height"], cfg["data"]["width"], entry.input_stride, name, keys
+        )
+    except ValueError as err:
+        _fail(next(k for k in keys if f"'{k}'" in str(err)), str(err), origin)
+
+
+def _check_build(cfg: Mapping, origin: Mapping[str, str]) -> None:
+    """``model.branches`` / ``model.kwargs`` build the model; ``loss.ce_weights`` fit it.
+
+    The model is built on the ``meta`` device (no memory, no weights), and only when one
+    of these keys is set: the defaults always build.
+    """
+    model, ce_weights = cfg["model"], cfg["loss"]["ce_weights"]
+    if model["branches"] is None and not model["kwargs"] and ce_weights is None:
+        return
+    try:
+        branches = meta_model(cfg).branch_names
+    except (ValueError, TypeError) as err:
+        # Blame the key the builder complained about (branches, else the kwargs).
+        about_branches = model["branches"] is not None and (
+            "branch" in str(err) or not model["kwargs"]
+        )
+        key = "model.branches" if about_branches else "model.kwargs"
+        _fail(
+            key,
+            f"'{key}' is {_get(cfg, key)!r}, which {model['name']} cannot be built with: "
+            f"{str(err).splitlines()[0]}",
+            origin,
+        )
+    if ce_weights is not None:
+        _check_ce_weights(ce_weights, branches, origin)
+
+
+def meta_model(cfg: Mapping):
+    """The config's model on the ``meta`` device: no weights, no memory, only its
+    structure (branch names, state-dict keys), to check keys before any data loads."""
+    import torch
+
+    from ..models import build_model
+    from ..runs.build import model_kwargs
+
+    with torch.device("meta"):
+        return build_model(cfg["model"]["name"], 1, pretrained=False, **model_kwargs(cfg))
+
+
+def _check_ce_weights(weights: Any, branches: tuple[str, ...], origin) -> None:
+    """A mapping from the model's branches to weights in :data:`CE_WEIGHT`."""
+    key = "loss.ce_weights"
+    if not isinstance(weights, Mapping):
+        _fail(key, f"'{key}' must be a mapping branch -> weight, got {weights!r}", origin)
+    for branch, weight in weights.items():
+        if branch not in branches:
             _fail(
                 key,
-                f"'{key}' is {_get(cfg, key)}, but {name} down-samples its input by {stride}: "
-                f"give data.height and data.width >= {stride}",
+                f"'{key}' names branch {branch!r}, which this model does not have; its "
+                f"branches are {list(branches)}",
                 origin,
             )
+        try:
+            CE_WEIGHT.check(weight, f"'{key}.{branch}'")
+        except ValueError as err:
+            _fail(key, str(err), origin)
+
+
+def _check_pretrained(value: Any, origin: Mapping[str, str]) -> None:
+    """``model.pretrained``: true, false, null, or the path of a weight file that exists."""
+    key = "model.pretrained"
+    if value is None or isinstance(value, bool):
+        return
+    if not isinstance(value, str):
+        _fail(key, f"'{key}' must be true, false or a weight file's path, got {value!r}", origin)
+    path = Path(value)
+    if path.is_file():
+        return
+    what = "is a directory, not a weight file" if path.is_dir() else "file not found"
+    _fail(
+        key,
+        f"'{key}' {value!r}: {what}; give a torchvision-format weight file, or "
+        "model.pretrained=false to train from scratch",
+        origin,
+    )
 
 
 def _check_batches(cfg: Mapping, origin: Mapping[str, str]) -> None:

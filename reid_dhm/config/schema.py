@@ -13,7 +13,16 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool, StrictStr
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictStr,
+)
 
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from ..utils import options as opt
@@ -42,7 +51,9 @@ def _as_int(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Float = Annotated[float, BeforeValidator(_as_float), Strict()]
+# Finite: no key means anything by inf or nan (YAML's .inf / .nan), and an infinite lr
+# would only show as a NaN loss once training has begun.
+Float = Annotated[float, BeforeValidator(_as_float), Strict(), AllowInfNan(False)]
 Int = Annotated[int, BeforeValidator(_as_int), Strict()]
 Bool = StrictBool
 Str = StrictStr
@@ -127,7 +138,7 @@ class DataSection(Section):
     root: Any = "reid-data"
     height: Annotated[Int, ONE_OR_MORE] = 256
     width: Annotated[Int, ONE_OR_MORE] = 128
-    transforms: list[Str] = ["random_flip", "random_crop"]
+    transforms: list[Annotated[Str, one_of(opt.TRANSFORMS)]] = ["random_flip", "random_crop"]
     norm_mean: Annotated[list[Float], _numbers(3), REID] = list(IMAGENET_MEAN)
     norm_std: Annotated[list[Float], _numbers(3, Range(0, low_open=True)), REID] = list(
         IMAGENET_STD
@@ -140,6 +151,8 @@ class DataSection(Section):
     combineall: Annotated[Bool, REID] = False
     # leave unreadable / truncated images out, with a warning
     skip_bad_images: Annotated[Bool, REID] = False
+    # images with more pixels are bad images (listed at load; default: PIL's limit)
+    max_image_pixels: Annotated[Int, opt.MAX_IMAGE_PIXELS, REID] = opt.DEFAULT_MAX_IMAGE_PIXELS
     # use only N training / test images, evenly spaced (0 = all)
     limit: Annotated[Int, NONE_OR_MORE, CLASSIFICATION] = 0
     test_limit: Annotated[Int, NONE_OR_MORE, CLASSIFICATION] = 0

@@ -42,6 +42,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from ..utils.images import read_image
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .registry import DatasetSpec, get_dataset, list_datasets
 
@@ -389,7 +390,8 @@ def _imagenet_split(root: Path, split: str, transform: Callable | None) -> Image
             f"(train/ and val/, val sorted into class folders); nothing is downloaded"
         )
     try:
-        return ImageFolder(str(folder), transform=transform)
+        # Our reader (EXIF orientation, 16-bit grey, pixel limit), not torchvision's.
+        return ImageFolder(str(folder), transform=transform, loader=read_image)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"{folder}: no class folders with images ({err}); expected {folder}/<class>/<image>"

@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..utils.images import read_image  # the one image reader, kept importable here
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,17 +107,6 @@ class Preprocessing:
         if "norm_mean" in data and "norm_std" in data:
             kwargs.update(mean=data["norm_mean"], std=data["norm_std"])
         return cls(**kwargs)
-
-
-def read_image(path: str) -> Image.Image:
-    """RGB image, or one clear error naming the unreadable file."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 __all__ = [

@@ -13,13 +13,21 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from torchreid.reid.data.datasets.dataset import ImageDataset
 
-from .preprocessing import IMAGE_EXTENSIONS, read_image
+from ..utils.images import (  # noqa: F401 - image_problem: this module's name for the check
+    LARGE_IMAGE_PIXELS,
+    image_problem,
+    inspect_image,
+    large_image_note,
+    read_image,
+)
+from ..utils.options import DEFAULT_MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
+from .preprocessing import IMAGE_EXTENSIONS
 
 SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
+INT64_MAX = 2**63 - 1
 
 
 def layout_help(folder: Path) -> str:
@@ -61,64 +69,55 @@ def parse_name(path: Path) -> tuple[int, int]:
     pid, cam = int(match.group(1)), int(match.group(2))
     if pid < -1 or cam < 1:
         raise ValueError(f"{path}: pid must be >= -1 and camera >= 1, got pid {pid}, camera {cam}")
+    if max(pid, cam) > INT64_MAX:  # labels are int64 tensors: found here, not at the evaluation
+        raise ValueError(
+            f"{path}: pid {pid} / camera {cam} does not fit a 64-bit integer (at most "
+            f"{INT64_MAX}); rename the file with a smaller number"
+        )
     return pid, cam
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be read as an image (empty, not an image, cut short), or None.
-
-    The header is parsed, and a JPEG or PNG must end with its end marker (JPEG EOI,
-    PNG IEND): a half-written file (a copy or download cut short) does not. Other
-    formats are decoded in full. Measured on synthreid's 128x64 JPEGs: about 0.10 ms a
-    file (the header alone: 0.085 ms), against 0.32 ms to decode it
-    (``benchmarks/bench_image_check.py``).
-    """
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-            if fmt not in ("JPEG", "PNG"):
-                img.load()
-                return None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return str(err).split("\n")[0] or type(err).__name__
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - 32))
-        tail = f.read()
-    if fmt == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated (no JPEG end marker)"
-    if fmt == "PNG" and b"IEND" not in tail:
-        return "truncated (no PNG end chunk)"
-    return None
-
-
 def scan_split(
-    folder: Path, relabel: bool, skip_bad_images: bool = False, bad: list | None = None
+    folder: Path,
+    relabel: bool,
+    skip_bad_images: bool = False,
+    bad: list | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    large: list | None = None,
 ) -> list[tuple[str, int, int]]:
     """(path, pid, camid 0-based) for every image in ``folder``; junk (pid -1) dropped.
 
     Files are sorted so relabelled training ids are the same on every machine. Every
-    kept file is checked (``image_problem``), so a broken gallery image fails before
-    training, not at the evaluation hours later. All bad files are reported at once
-    (one line: their count and names); with ``skip_bad_images`` they are left out with
-    a warning listing them instead. With a ``bad`` list, bad files are appended to it
-    (as ``'<folder>/<name> (<why>)'``) and left out, and the caller reports them.
+    kept file is checked (``inspect_image``: header, size against ``max_pixels``, end
+    marker), so a broken gallery image fails before training, not at the evaluation
+    hours later. All bad files are reported at once (one line: their count and names);
+    with ``skip_bad_images`` they are left out with a warning listing them instead.
+    With a ``bad`` list, bad files are appended to it (as ``'<folder>/<name> (<why>)'``)
+    and left out, and the caller reports them; likewise allowed images over PIL's own
+    limit go to ``large`` (else a warning names them).
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"missing folder {folder}")
     collect = bad is not None
     items, bad = [], ([] if bad is None else bad)
+    large_here: list[str] = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         pid, cam = parse_name(path)
         if pid == -1:
             continue  # junk images are ignored, as in Market-1501's protocol
-        problem = image_problem(path)
+        problem, size = inspect_image(path, max_pixels)
         if problem:
             bad.append(f"{folder.name}/{path.name} ({problem})")
             continue
+        if size[0] * size[1] > LARGE_IMAGE_PIXELS:
+            large_here.append(large_image_note(f"{folder.name}/{path.name}", size, max_pixels))
         items.append((str(path), pid, cam - 1))
+    if large is not None:
+        large.extend(large_here)
+    else:
+        report_large_images(large_here)
     if not collect:
         report_bad_images(bad, folder, skip_bad_images)
     if relabel:
@@ -133,14 +132,41 @@ def report_bad_images(bad: list[str], where: Path, skip: bool) -> None:
         return
     if not skip:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        # An over-limit image may be wanted: say which key allows it.
+        raise_limit = any("max_image_pixels" in b for b in bad)
         raise ValueError(
             f"cannot read image files in {where}: {len(bad)} unreadable: {shown}. Replace or "
-            "remove them, or set data.skip_bad_images=true to leave them out"
+            "remove them, "
+            + ("raise data.max_image_pixels, " if raise_limit else "")
+            + "or set data.skip_bad_images=true to leave them out"
         )
     warnings.warn(
         f"leaving out {len(bad)} unreadable image(s) in {where} (data.skip_bad_images): "
         + "; ".join(bad),
         stacklevel=3,
+    )
+
+
+def report_large_images(notes: list[str]) -> None:
+    """One warning naming every allowed image over PIL's own limit (they cost memory)."""
+    if notes:
+        warnings.warn("; ".join(notes), stacklevel=3)
+
+
+def empty_split_message(folder: Path) -> str:
+    """Why a split has no usable image: no image files, all junk, or junk and bad files."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        return f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"
+    junk = sum(NAME_PATTERN.match(p.name).group(1) == "-1" for p in files)
+    if junk == len(files):
+        return (
+            f"{folder}: its {junk} images are all junk (pid -1), which the Market-1501 "
+            "protocol leaves out; it needs images of real identities (pid >= 0)"
+        )
+    return (
+        f"no usable images in {folder}: of its {len(files)} images, {junk} are junk (pid -1) "
+        f"and {len(files) - junk} were left out as unreadable"
     )
 
 
@@ -152,7 +178,9 @@ class MarketLayoutDataset(ImageDataset):
         **kwargs: torchreid's ``ImageDataset`` arguments (``transform``, ``mode``, ...).
     """
 
-    skip_bad_images = False  # set on the classes registered by register_torchreid_datasets
+    # Set on the classes registered by register_torchreid_datasets.
+    skip_bad_images = False
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
 
     def __init__(self, root: str = "", **kwargs):
         folder = Path(root).expanduser()
@@ -163,31 +191,42 @@ class MarketLayoutDataset(ImageDataset):
                 f"expected {layout_help(folder)}"
             )
         self.dataset_dir = str(folder)
-        bad: list[str] = []  # every split is scanned, then every bad file reported at once
-        train = scan_split(folder / SPLITS["train"], relabel=True, bad=bad)
-        query = scan_split(folder / SPLITS["query"], relabel=False, bad=bad)
-        gallery = scan_split(folder / SPLITS["gallery"], relabel=False, bad=bad)
+        # Every split is scanned, then every bad (or large) file reported at once.
+        bad: list[str] = []
+        large: list[str] = []
+        splits = {
+            split: scan_split(folder / name, split == "train", bad=bad,
+                              max_pixels=self.max_image_pixels, large=large)
+            for split, name in SPLITS.items()
+        }  # fmt: skip
         report_bad_images(bad, folder, self.skip_bad_images)
-        for split, items in (("train", train), ("query", query), ("gallery", gallery)):
+        report_large_images(large)
+        for split, items in splits.items():
             if not items:
-                raise ValueError(f"no images in {folder / SPLITS[split]}")
-        super().__init__(train, query, gallery, **kwargs)
+                raise ValueError(empty_split_message(folder / SPLITS[split]))
+        super().__init__(splits["train"], splits["query"], splits["gallery"], **kwargs)
 
     def __getitem__(self, index: int) -> dict:
         path, pid, camid, dsetid = self.data[index]
-        img = read_image(path)
+        # Large images were named once at load; no warning every epoch.
+        img = read_image(path, self.max_image_pixels, warn_large=False)
         if self.transform is not None:
             img = self._transform_image(self.transform, self.k_tfm, img)
         return {"img": img, "pid": pid, "camid": camid, "impath": path, "dsetid": dsetid}
 
 
-# (registry name, skip_bad_images) -> its class: one class per pair in a process.
-_CLASSES: dict[tuple[str, bool], type] = {}
+# (registry name, skip_bad_images, max_image_pixels) -> its class, one per key a process.
+_CLASSES: dict[tuple[str, bool, int], type] = {}
 
 
-def _subclass(name: str, resolve, skip_bad_images: bool = False) -> type:
+def _subclass(
+    name: str,
+    resolve,
+    skip_bad_images: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> type:
     """A MarketLayoutDataset whose ``root`` argument is torchreid's data root."""
-    key = (name, bool(skip_bad_images))
+    key = (name, bool(skip_bad_images), int(max_image_pixels))
     if key in _CLASSES:
         return _CLASSES[key]
 
@@ -198,26 +237,31 @@ def _subclass(name: str, resolve, skip_bad_images: bool = False) -> type:
         # The class is made at run time, so pickle cannot find it by name: loader
         # workers started by spawn or forkserver (macOS, Windows, a process that was
         # itself spawned, Python >= 3.14) rebuild it from the registry instead.
-        return _rebuild_dataset, (name, bool(skip_bad_images)), self.__dict__
+        return _rebuild_dataset, key, self.__dict__
 
     cls = type(
         f"{name.title().replace('-', '')}Dataset",
         (MarketLayoutDataset,),
-        {"__init__": __init__, "__reduce__": __reduce__, "skip_bad_images": skip_bad_images},
-    )
+        {"__init__": __init__, "__reduce__": __reduce__, "skip_bad_images": key[1],
+         "max_image_pixels": key[2]},
+    )  # fmt: skip
     _CLASSES[key] = cls
     return cls
 
 
-def _rebuild_dataset(name: str, skip_bad_images: bool):
+def _rebuild_dataset(
+    name: str, skip_bad_images: bool, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+):
     """An empty instance of registered data set ``name``'s class (pickle fills it in)."""
     from .registry import get_dataset
 
-    cls = _subclass(name, get_dataset(name).locate, skip_bad_images)
+    cls = _subclass(name, get_dataset(name).locate, skip_bad_images, max_image_pixels)
     return cls.__new__(cls)
 
 
-def registered_datasets(skip_bad_images: bool = False) -> dict[str, type]:
+def registered_datasets(
+    skip_bad_images: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> dict[str, type]:
     """Our re-ID data-set names and classes for torchreid's factory, from the registry.
 
     ``market1501`` / ``dukemtmcreid`` keep torchreid's names but use our checked,
@@ -227,24 +271,28 @@ def registered_datasets(skip_bad_images: bool = False) -> dict[str, type]:
     from .registry import get_dataset, list_datasets
 
     return {
-        name: _subclass(name, get_dataset(name).locate, skip_bad_images)
+        name: _subclass(name, get_dataset(name).locate, skip_bad_images, max_image_pixels)
         for name in list_datasets("reid")
     }
 
 
 def register_torchreid_datasets(
-    names: Iterable[str] | None = None, skip_bad_images: bool = False
+    names: Iterable[str] | None = None,
+    skip_bad_images: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[str]:
     """Put our readers in torchreid's image-dataset factory (explicit call, idempotent).
 
     torchreid's ``register_image_dataset`` refuses existing names, so the factory dict
     is updated directly; this replaces torchreid's downloading Market-1501 and
-    DukeMTMC-reID readers with ours for the data manager.
+    DukeMTMC-reID readers with ours for the data manager. ``skip_bad_images`` and
+    ``max_image_pixels``: as ``data.skip_bad_images`` / ``data.max_image_pixels``.
     """
     import torchreid.reid.data.datasets as trdata
 
+    MAX_IMAGE_PIXELS.check(max_image_pixels, "data.max_image_pixels")
     factory = vars(trdata)["__image_datasets"]
-    ours = registered_datasets(skip_bad_images)
+    ours = registered_datasets(skip_bad_images, max_image_pixels)
     names = list(ours) if names is None else list(names)
     for name in names:
         if name not in ours:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from torchreid.reid.data import ImageDataManager
 
-from ..utils.options import SAMPLERS, check_identity_batch
+from ..utils.checks import check_choice
+from ..utils.options import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    SAMPLERS,
+    TRANSFORMS,
+    check_identity_batch,
+)
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .registry import get_dataset, list_datasets
 from .reid_datasets import register_torchreid_datasets
@@ -70,6 +76,20 @@ def check_query_gallery(name: str, query, gallery) -> int:
     return valid
 
 
+def check_identities(manager: ImageDataManager) -> None:
+    """Refuse a training split of one identity: cross-entropy over a single class is 0
+    from the first step, so the run would "train" to loss 0 and learn nothing."""
+    if manager.num_train_pids >= 2:
+        return
+    train = manager.train_loader.dataset
+    folder = Path(getattr(train, "dataset_dir", ".")) / "bounding_box_train"
+    raise ValueError(
+        f"{folder}: the training split has {len(train)} images of only "
+        f"{manager.num_train_pids} identity; training needs at least 2 identities "
+        "(file names <pid>_c<camera>... with 2 or more pids)"
+    )
+
+
 def build_reid_datamanager(
     dataset: str,
     root: str | Path,
@@ -87,6 +107,8 @@ def build_reid_datamanager(
     pin_memory: bool = False,
     synthreid: SynthReIDSpec | None = None,
     skip_bad_images: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    training: bool = True,
 ) -> ImageDataManager:
     """A torchreid ``ImageDataManager`` for one of the registry's re-ID data sets.
 
@@ -101,16 +123,21 @@ def build_reid_datamanager(
         pin_memory: pin host memory (faster copies to a GPU).
         skip_bad_images: leave unreadable or truncated images out (with a warning
             listing them) instead of failing with the list.
+        max_image_pixels: images with more pixels are bad images (``data.max_image_pixels``).
+        training: the training split will be trained on (False: only the test loaders
+            are read), so it must hold at least 2 identities.
 
     Returns:
         The data manager, its ``train_loader`` and ``test_loader`` ready.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers are {list(SAMPLERS)}")
+    for name in transforms:  # torchreid would silently ignore an unknown name
+        check_choice(name, TRANSFORMS, "transform")
     if sampler == "identity":
         check_identity_batch(batch_size, num_instances)
     prepare_reid_dataset(dataset, root, synthreid)
-    register_torchreid_datasets(skip_bad_images=skip_bad_images)
+    register_torchreid_datasets(skip_bad_images=skip_bad_images, max_image_pixels=max_image_pixels)
     manager = ImageDataManager(
         # torchreid's data root: each data set's class finds its folder under it (locate).
         root=str(root),
@@ -129,6 +156,8 @@ def build_reid_datamanager(
         # torchreid's names of the two samplers of utils.options.SAMPLERS
         train_sampler="RandomIdentitySampler" if sampler == "identity" else "RandomSampler",
     )
+    if training:  # before the batch check: a one-identity split is the deeper problem
+        check_identities(manager)
     n_train = len(manager.train_loader.dataset)
     if len(manager.train_loader) == 0:
         raise ValueError(

@@ -7,6 +7,7 @@
 * ``TrainingInterrupted``: raised by an engine at an iteration boundary after the
   command line caught SIGINT / SIGTERM (``should_stop``), so the current iteration
   finishes and nothing is written half-way.
+* ``EvaluationInterrupted``: the same during an evaluation, raised at once.
 * ``EvaluationFailed``: training finished but the final evaluation raised; the command
   line then writes what it knows and names the command that finishes the job.
 """
@@ -29,12 +30,25 @@ class TrainingInterrupted(Exception):
         epoch: 1-based epoch that was running; iteration: 1-based iterations it finished.
     """
 
+    evaluating = False  # True for a stop during an evaluation (EvaluationInterrupted)
+
     def __init__(self, signum: int, epoch: int, iteration: int):
         self.signum, self.epoch, self.iteration = int(signum), int(epoch), int(iteration)
         super().__init__(
             f"interrupted by {signal.Signals(self.signum).name} in epoch {epoch} after "
             f"iteration {iteration}"
         )
+
+
+class EvaluationInterrupted(TrainingInterrupted):
+    """A stop signal arrived during an evaluation, which stops at once (it writes nothing,
+    so there is nothing to finish). ``evaluating`` tells the run layer's message apart."""
+
+    evaluating = True
+
+    def __init__(self, signum: int):
+        super().__init__(signum, 0, 0)
+        self.args = (f"interrupted by {signal.Signals(self.signum).name} during an evaluation",)
 
 
 class EvaluationFailed(Exception):
@@ -140,6 +154,7 @@ __all__ = [
     "restore_buffers",
     "snapshot_buffers",
     "EvaluationFailed",
+    "EvaluationInterrupted",
     "NonFiniteGuard",
     "TrainingDiverged",
     "TrainingInterrupted",

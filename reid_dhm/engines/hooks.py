@@ -212,6 +212,9 @@ class CheckpointHook(HookBase):
         path = self.save_dir / CHECKPOINT
         if t.history and path.is_file():
             t.guard.checkpoint = f"{path} (epoch {t.history[-1]['epoch']})"
+            # A resumed run whose checkpoint is that epoch: writing the same epoch again
+            # (a finished run's evaluation) must not rotate it into checkpoint.prev.pth.
+            self.written_epoch = t.history[-1]["epoch"]
 
     def after_epoch(self) -> None:
         t = self.trainer

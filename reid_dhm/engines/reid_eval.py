@@ -25,6 +25,7 @@ from ..utils.checkpoint import unwrap
 from ..utils.options import RANKS
 from . import distributed as dist
 from .reid_loaders import sharded_eval_loader
+from .seeding import workers_ignore_stop_signals
 
 
 class ReidEvaluator:
@@ -54,8 +55,9 @@ class ReidEvaluator:
         device=None,
         progress: bool = False,
     ):
-        self.query_loader = query_loader
-        self.gallery_loader = gallery_loader
+        # Stop signals are the main process's to act on (it stops the evaluation itself).
+        self.query_loader = workers_ignore_stop_signals(query_loader)
+        self.gallery_loader = workers_ignore_stop_signals(gallery_loader)
         self.dataset = dataset
         self.branches = tuple(branches)
         self.metric = metric

@@ -20,7 +20,7 @@ from torchreid.reid.data.sampler import RandomIdentitySampler
 
 from ..utils.options import check_identity_batch
 from . import distributed as dist
-from .seeding import EpochIndexSampler, EpochSeededDataset, ignore_sigint
+from .seeding import EpochIndexSampler, EpochSeededDataset, ignore_stop_signals
 
 
 @contextlib.contextmanager
@@ -133,7 +133,7 @@ def reid_train_loader(
         pin_memory=old.pin_memory,
         drop_last=True,
         persistent_workers=old.num_workers > 0,
-        worker_init_fn=ignore_sigint,
+        worker_init_fn=ignore_stop_signals,
     )
     return chosen
 
@@ -148,4 +148,5 @@ def sharded_eval_loader(loader: DataLoader) -> DataLoader:
         sampler=dist.eval_sampler(loader.dataset),
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
     )

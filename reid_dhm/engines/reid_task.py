@@ -18,7 +18,7 @@ from torchreid.reid.engine import Engine
 
 from ..retrieval.result import ReidEvaluation
 from ..utils.branches import MAIN
-from ..utils.options import RANKS
+from ..utils.options import RANKS, check_run_ranks
 from .reid_eval import ReidEvaluator
 
 
@@ -48,6 +48,7 @@ class ReidTask(Engine):
         progress: bool = False,
         preprocessing=None,
     ):
+        check_run_ranks(ranks, "ranks")  # test_record reports Rank-1
         super().__init__(datamanager, use_gpu=False)  # devices are the model's, not torchreid's
         self.preprocessing = preprocessing
         self.evaluators = {

@@ -11,6 +11,7 @@ sample's augmentation is the same in any process, worker count or resumed run.
 
 from __future__ import annotations
 
+import atexit
 import random
 import signal
 from collections.abc import Iterator
@@ -83,10 +84,70 @@ class EpochSeededDataset(Dataset):
                 np.random.set_state(npy)
 
 
-def ignore_sigint(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group; only the
-    main process should act on it (it finishes the iteration and stops cleanly)."""
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: ignore SIGINT and SIGTERM in the worker.
+
+    Ctrl-C reaches the whole process group, and schedulers (SLURM, systemd, ``timeout``,
+    ``kill -TERM -<pgid>``) signal every process of the job; a worker that died of it
+    would take the run down with a DataLoader traceback. Only the main process acts on
+    them (it finishes the iteration and stops cleanly, ending its workers itself).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-__all__ = ["EpochIndexSampler", "EpochSeededDataset", "ignore_sigint", "sample_seed"]
+def _end_workers_before_exit() -> None:
+    """At interpreter exit, end the daemonic child processes (DataLoader workers) with
+    SIGKILL. multiprocessing's own exit handler ends them with SIGTERM, which these
+    workers ignore, and then waits for them forever. They hold nothing to save: a
+    worker only reads and transforms images for the main process."""
+    import multiprocessing
+
+    # torch's SIGCHLD handler would report each of these deaths as a worker failure.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+# Registered after multiprocessing's exit handler (torch imports it first), so it runs
+# before it.
+atexit.register(_end_workers_before_exit)
+
+# The earlier name (SIGINT only), kept for callers of the library.
+ignore_sigint = ignore_stop_signals
+
+
+class StopSignalsIgnored:
+    """A picklable ``worker_init_fn``: :func:`ignore_stop_signals`, then ``previous``."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+
+    def __call__(self, worker_id: int) -> None:
+        ignore_stop_signals(worker_id)
+        if self.previous is not None:
+            self.previous(worker_id)
+
+
+def workers_ignore_stop_signals(loader):
+    """Make ``loader``'s workers (one built elsewhere, e.g. by torchreid) ignore stop
+    signals, keeping its own ``worker_init_fn``; returns the loader."""
+    current = getattr(loader, "worker_init_fn", None)
+    if getattr(loader, "num_workers", 0) and not (
+        current is ignore_stop_signals or isinstance(current, StopSignalsIgnored)
+    ):
+        loader.worker_init_fn = StopSignalsIgnored(current)
+    return loader
+
+
+__all__ = [
+    "EpochIndexSampler",
+    "EpochSeededDataset",
+    "StopSignalsIgnored",
+    "ignore_sigint",
+    "ignore_stop_signals",
+    "sample_seed",
+    "workers_ignore_stop_signals",
+]

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..utils.branches import MAIN
 from ..utils.checks import branch_name_tuple, check_choice
 from ..utils.options import (  # stated once, shared with the config schema
+    CE_WEIGHT,
     DIRECTIONS,
     KL_ADAPTIVE_DECAY,
     KL_GATES,
@@ -246,6 +247,8 @@ class DHMLoss(nn.Module):
                 f"ce_weights must be a mapping branch -> weight, got {type(ce_weights).__name__}"
             )
         self.ce_weights = dict(ce_weights or {})
+        for branch, weight in self.ce_weights.items():
+            CE_WEIGHT.check(weight, f"ce_weights[{branch!r}]")
         self.kl_weight = float(kl_weight)
         self.kl_warmup_epochs = kl_warmup_epochs
         self.epoch = 0

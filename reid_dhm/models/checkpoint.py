@@ -22,8 +22,8 @@ from ..utils.checkpoint import (
     to_plain,
     unwrap,
 )
-from ..utils.io import atomic_path
-from .dhm import DHMNet
+from ..utils.io import atomic_path, torch_size
+from .dhm import AUX_PREFIX, DHMNet
 from .registry import build_model, get_entry
 
 
@@ -67,8 +67,10 @@ def save_checkpoint(
         **extra,
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(to_plain(state), tmp)
+    plain = to_plain(state)
+    # torch reports a full disk without naming it: the size makes the message exact.
+    with atomic_path(path, needed=lambda: torch_size(plain)) as tmp:
+        torch.save(plain, tmp)
         if keep_previous and path.exists():
             os.replace(path, previous_checkpoint_path(path))
     return path
@@ -90,8 +92,9 @@ def model_from_checkpoint(
     name = model_name or ckpt.get("model_name")
     if name is None:
         raise ValueError(
-            f"{where} does not say which model it holds (not a reid_dhm checkpoint); "
-            "pass model_name=..."
+            f"{where} does not say which model it holds (not a reid_dhm training "
+            "checkpoint: a deployed model file, or another tool's weights); pass the run's "
+            "checkpoint.pth, or model_name=..."
         )
     state = ckpt["state_dict"]
     if num_classes is None:
@@ -111,9 +114,49 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{where} does not fit model {name!r}: {first}") from None
+        refuse_main_branch_only(model, state, where, name)
+        raise ValueError(
+            f"{where} does not fit model {name!r}: {_misfit(model, state, err)}"
+        ) from None
     return model
 
 
-__all__ = ["model_from_checkpoint", "save_checkpoint"]
+class DeployedWeightsError(ValueError):
+    """Weights of the main branch alone given where a model with aux branches is built."""
+
+
+def refuse_main_branch_only(model: nn.Module, state: Mapping, where: str, name: str) -> None:
+    """:class:`DeployedWeightsError` when ``state`` is ``model`` less its aux branches.
+
+    Every key the weights lack is an auxiliary branch's and they have no other key:
+    a deployed file (``deployed.pth``), which cannot be resumed or evaluated per branch.
+    ``model`` may live on the ``meta`` device (only its keys are read).
+    """
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing and not unexpected and all(k.startswith(AUX_PREFIX) for k in missing):
+        raise DeployedWeightsError(
+            f"{where} holds the main branch's weights only (a deployed model file, like a "
+            f"run's deployed.pth), not the auxiliary branches of {name!r}: pass the run's "
+            "training checkpoint (checkpoint.pth, or the run folder)"
+        )
+
+
+def _misfit(model: nn.Module, state: Mapping, err: RuntimeError) -> str:
+    """The first key that does not fit: missing, unexpected, or of another shape."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing:
+        return f"missing key {missing[0]!r} ({len(missing)} missing in all)"
+    if unexpected:
+        return f"unexpected key {unexpected[0]!r} ({len(unexpected)} in all)"
+    lines = [line.strip() for line in str(err).splitlines()]
+    return next((line for line in lines if "size mismatch" in line), lines[0])
+
+
+__all__ = [
+    "DeployedWeightsError",
+    "model_from_checkpoint",
+    "refuse_main_branch_only",
+    "save_checkpoint",
+]

@@ -399,6 +399,27 @@ def check_num_classes(num_classes: int) -> int:
     return check_int(num_classes, "num_classes")
 
 
+def check_input_size(
+    height, width, stride: int, model: str, names: tuple[str, str] = ("height", "width")
+) -> tuple[int, int]:
+    """(height, width) as ints >= ``stride``, the model's total down-sampling.
+
+    The one input-size rule: the config check (``data.height`` / ``data.width``) and
+    the export (``--height`` / ``--width``) both call it, with their own ``names``.
+    Smaller inputs collapse to nothing before the last stage.
+    """
+    sizes = []
+    for name, value in zip(names, (height, width)):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if not whole or value < stride:
+            raise ValueError(
+                f"'{name}' is {value!r}, but {model} down-samples its input by {stride}: "
+                f"give {names[0]} and {names[1]} >= {stride}"
+            )
+        sizes.append(int(value))
+    return sizes[0], sizes[1]
+
+
 def check_branch_style(style: str) -> str:
     """``style`` if it is one of :data:`BRANCH_STYLES`, else a ValueError naming them."""
     if style not in BRANCH_STYLES:
@@ -457,6 +478,7 @@ __all__ = [
     "DHMNet",
     "check_backbone_args",
     "check_branch_style",
+    "check_input_size",
     "check_num_classes",
     "init_weights",
     "count_parameters",

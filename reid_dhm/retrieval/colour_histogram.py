@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+from ..utils.images import read_image
+
 
 def colour_histogram(
     image: Image.Image, stripes: int = 4, bins: tuple[int, int, int] = (8, 4, 4)
@@ -32,6 +34,5 @@ def colour_histogram_features(paths: Iterable[str], **kwargs) -> np.ndarray:
     """(N, D) descriptors of the images at ``paths`` (see :func:`colour_histogram`)."""
     feats = []
     for path in paths:
-        with Image.open(path) as img:
-            feats.append(colour_histogram(img, **kwargs))
+        feats.append(colour_histogram(read_image(path), **kwargs))
     return np.stack(feats)

@@ -55,6 +55,13 @@ _NEEDS_TRAINING = ("ivf", "ivfpq")
 _KEEPS_VECTORS = ("flat", "hnsw")
 # faiss' k-means wants at least 39 training points per centroid to be well fed.
 _POINTS_PER_CENTROID = 39
+# The faiss class each kind builds (``_make_index``): a file's header must match its blob.
+_FAISS_CLASSES = {
+    "flat": "IndexFlat",
+    "ivf": "IndexIVFFlat",
+    "hnsw": "IndexHNSWFlat",
+    "ivfpq": "IndexIVFPQ",
+}
 # Arrays of a saved file (np.savez members).
 _ARRAYS = ("header", "index", "pending", "pids", "camids", "paths")
 
@@ -512,7 +519,10 @@ class GalleryIndex:
             meta = [data[k] for k in ("pids", "camids", "paths")]
             if any(a.ndim != 1 or len(a) != size for a in meta):
                 raise ValueError("metadata length mismatch")
-            obj._pids, obj._camids = (a.astype(np.int64) for a in meta[:2])
+            # NaN or fractional ids would become arbitrary integers in a cast.
+            obj._pids, obj._camids = (
+                as_labels(a, key, size, "entry") for a, key in zip(meta[:2], ("pids", "camids"))
+            )
             obj._paths = np.array([str(p) for p in meta[2]], dtype=object)
             pending = data["pending"]
             if pending.ndim != 2 or (pending.shape[0] and pending.shape[1] != obj.dim):
@@ -527,6 +537,7 @@ class GalleryIndex:
                 raise ValueError(f"{path}: damaged file (faiss could not read it: {exc})") from None
             if index.d != obj.dim:
                 raise ValueError(f"{path}: damaged file (faiss index of dimension {index.d})")
+            check_faiss_kind(index, obj.kind, path)
             obj._set_index(index)
         if pending.shape[0]:
             obj._pending = [np.ascontiguousarray(pending, dtype=np.float32)]
@@ -534,6 +545,18 @@ class GalleryIndex:
         if stored != size:
             raise ValueError(f"{path}: damaged file ({stored} vectors for {size} entries)")
         return obj
+
+
+def check_faiss_kind(index, kind: str, path) -> None:
+    """The faiss index read from a file is the class its header's ``kind`` builds."""
+    found = type(index).__name__
+    # The flat index is IndexFlat or, written by older faiss, its L2 / IP subclasses.
+    expected = _FAISS_CLASSES[kind]
+    if found != expected and not (kind == "flat" and found in ("IndexFlatL2", "IndexFlatIP")):
+        raise ValueError(
+            f"{path}: damaged file (the header says a {kind!r} index, the faiss data "
+            f"holds a {found})"
+        )
 
 
 def _read_file(path: Path) -> tuple[dict, dict]:
@@ -553,6 +576,8 @@ def _read_file(path: Path) -> tuple[dict, dict]:
                 raise ValueError(f"no {missing} arrays")
             data = {name: z[name] for name in _ARRAYS}
         header = json.loads(data["header"].tobytes().decode())
+    except RecursionError:  # a header nested thousands deep
+        raise ValueError(f"{path}: damaged GalleryIndex header (nested too deeply)") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ValueError(f"{path}: damaged or not a GalleryIndex file ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:

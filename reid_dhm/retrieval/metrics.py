@@ -24,7 +24,7 @@ from ..utils.checks import check_int
 from .distance import DistanceBlocks
 from .ranking import BYTES_PER_ENTRY, BYTES_PER_SLOT, PositiveLookup, positive_ranks
 from .validate import (
-    as_features,
+    as_feature_pair,
     as_labels,
     check_metric,
     check_same_dim,
@@ -194,8 +194,8 @@ def evaluate(
     max_rank = check_int(max_rank, "max_rank")
     memory_budget = check_int(memory_budget, "memory_budget")
     dev = compute_device(device, qf, gf)
-    qf, _ = as_features(qf, "qf", dev)
-    gf, g_sq = as_features(gf, "gf", dev)
+    # Rescaled first when float32 cannot hold their scale; zero rows refused (cosine).
+    qf, _, gf, g_sq = as_feature_pair(qf, gf, dev, metric)
     check_same_dim(qf, gf)
     nq, ng = qf.shape[0], gf.shape[0]
     q_pids, g_pids, q_camids, g_camids = _labels(

@@ -29,12 +29,25 @@ def compute_device(device: str | torch.device, *tensors) -> torch.device:
     return resolve_device(device, *tensors, supported=("cpu", "cuda"))
 
 
+# Squared norms below this (values around 1e-15 and less) leave float32 distances
+# little precision, and values below ~1e-45 become 0 when cast: such features are
+# rescaled by a power of two first (exact, and it keeps the ranking).
+TINY_SQUARED_NORM = 2.0**-100
+
+
 def as_features(x, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
     """``x`` (N, D) as a contiguous float32 tensor on ``device``, and its squared row norms.
 
     Zero-copy for a contiguous float32 CPU array or tensor already on ``device``.
     Raises for a bad shape, NaN/Inf, or rows whose squared norm overflows float32.
     """
+    t = _as_tensor(x, name)
+    t = t.to(device=device, dtype=torch.float32).contiguous()
+    return t, finite_squared_norms(t, name)
+
+
+def _as_tensor(x, name: str) -> Tensor:
+    """``x`` as a real 2-D non-empty tensor in its own dtype and device (checked)."""
     if isinstance(x, Tensor):
         t = x.detach()
     else:
@@ -50,8 +63,65 @@ def as_features(x, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{name} has feature dimension 0")
     if t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be real-valued, got dtype {t.dtype}")
-    t = t.to(device=device, dtype=torch.float32).contiguous()
-    return t, finite_squared_norms(t, name)
+    return t
+
+
+def as_feature_pair(qf, gf, device: torch.device, metric: str):
+    """Query and gallery features for ``evaluate``: (qf, q_sq, gf, g_sq), float32.
+
+    Features whose scale float32 cannot hold (e.g. float64 values around 1e-50, which
+    cast to 0 and would make every distance tie) are rescaled by powers of two before
+    the cast, computed in float64: for ``'euclidean'`` both sides by one factor (all
+    distances scale alike), for ``'cosine'`` each such row by its own (cosine ignores
+    a row's scale). Either way the ranking is the one exact arithmetic gives. Ordinary
+    features are not touched (the check reads the squared norms computed anyway).
+
+    Raises:
+        ValueError: as :func:`as_features`; and, for ``'cosine'``, a feature that is
+            all zeros (its cosine to anything is undefined), naming its row.
+    """
+    raw_q, raw_g = _as_tensor(qf, "qf"), _as_tensor(gf, "gf")
+    q, q_sq = as_features(raw_q, "qf", device)
+    g, g_sq = as_features(raw_g, "gf", device)
+    if metric == "cosine":
+        q, q_sq = _rescale_small_rows(raw_q, q, q_sq, "qf", "query")
+        g, g_sq = _rescale_small_rows(raw_g, g, g_sq, "gf", "gallery")
+    elif max(float(q_sq.max()), float(g_sq.max())) < TINY_SQUARED_NORM:
+        top = max(float(raw_q.abs().max()), float(raw_g.abs().max()))
+        if top > 0:  # all-zero features are exact as they are
+            exponent = int(torch.frexp(torch.tensor(top, dtype=torch.float64)).exponent)
+            q, q_sq = _scaled(raw_q, -exponent, device, "qf")
+            g, g_sq = _scaled(raw_g, -exponent, device, "gf")
+    return q, q_sq, g, g_sq
+
+
+def _scaled(raw: Tensor, exponent, device: torch.device, name: str) -> tuple[Tensor, Tensor]:
+    """``raw * 2**exponent`` computed in float64, then float32 on ``device``; its norms."""
+    exp = torch.as_tensor(exponent, dtype=torch.float64, device=raw.device)
+    t = torch.ldexp(raw.to(torch.float64), exp).to(device=device, dtype=torch.float32)
+    return t.contiguous(), finite_squared_norms(t.contiguous(), name)
+
+
+def _rescale_small_rows(raw: Tensor, t: Tensor, sq: Tensor, name: str, what: str):
+    """Cosine: rows too small for float32 rescaled each by its own power of two; an
+    all-zero row refused (one line naming it)."""
+    small = (sq < TINY_SQUARED_NORM).nonzero().flatten()
+    if not small.numel():
+        return t, sq
+    rows = small.to(raw.device)
+    top = raw[rows].to(torch.float64).abs().amax(dim=1)
+    zero = (top == 0).nonzero().flatten()
+    if zero.numel():
+        r = int(rows[zero[0]])
+        raise ValueError(
+            f"{name} row {r} ({what} {r}) is all zeros: its cosine distance to anything is "
+            "undefined; drop it or use metric='euclidean'"
+        )
+    exponent = -torch.frexp(top).exponent.to(torch.float64)[:, None]
+    fixed, fixed_sq = _scaled(raw[rows], exponent, t.device, name)
+    t, sq = t.clone(), sq.clone()  # never write into the caller's array
+    t[small], sq[small] = fixed, fixed_sq
+    return t, sq
 
 
 def squared_norms(x: Tensor) -> Tensor:

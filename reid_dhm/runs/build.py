@@ -60,7 +60,7 @@ def model_for_run(cfg: Mapping, ckpt: Mapping | None, num_classes: int, what: st
     Returns:
         (model, registry name).
     """
-    from ..models.checkpoint import model_from_checkpoint
+    from ..models.checkpoint import DeployedWeightsError, model_from_checkpoint
 
     if ckpt is None:
         return build_model_for(cfg, num_classes), cfg["model"]["name"]
@@ -70,6 +70,8 @@ def model_for_run(cfg: Mapping, ckpt: Mapping | None, num_classes: int, what: st
             model = model_from_checkpoint(
                 ckpt, model_name=name, num_classes=num_classes, **model_kwargs(cfg)
             )
+        except DeployedWeightsError:
+            raise  # its own message says what to pass instead
         except (ValueError, TypeError) as err:
             raise UsageError(
                 f"{where} is not a reid_dhm checkpoint and does not say which model it holds; "

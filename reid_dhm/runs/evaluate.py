@@ -125,6 +125,7 @@ def _test_datamanager(data: Mapping, dataset, root, batch_size, workers, device,
     """The data set's test loaders, preprocessed as the checkpoint's run trained."""
     from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
     from ..data.reid_manager import build_reid_datamanager
+    from ..utils.options import DEFAULT_MAX_IMAGE_PIXELS
 
     return build_reid_datamanager(
         dataset,
@@ -138,6 +139,8 @@ def _test_datamanager(data: Mapping, dataset, root, batch_size, workers, device,
         workers=workers,
         pin_memory=device.type == "cuda",
         skip_bad_images=skip_bad,
+        max_image_pixels=data.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+        training=False,
     )
 
 

@@ -7,9 +7,11 @@ from the checkpoint's stored preprocessing; :func:`reid_dhm.export.export_onnx` 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 # What ``export_checkpoint`` writes: one verified .onnx, or the files BoxMOT loads.
 FORMATS = ("onnx", "boxmot")
@@ -49,9 +51,11 @@ def export_checkpoint(
 
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid formats are {list(FORMATS)}")
+    check_output_file(output)  # before the model is built and traced
     ckpt = load_checkpoint(checkpoint)
     pre = Preprocessing.from_checkpoint(ckpt)
-    size = (height or pre.height, width or pre.width)
+    # None means the checkpoint's size; 0 or a negative size is refused by the export.
+    size = (pre.height if height is None else height, pre.width if width is None else width)
     model = model_from_checkpoint(ckpt)
     if format == "boxmot":
         if bake_normalization:
@@ -70,4 +74,16 @@ def export_checkpoint(
     return report
 
 
-__all__ = ["FORMATS", "export_checkpoint"]
+def check_output_file(output: str | os.PathLike) -> None:
+    """``--output`` names a file in a folder this process can write: one line if not."""
+    from ..utils.io import OutputError, check_output_dir
+
+    path = Path(output)
+    if path.is_dir():
+        raise OutputError(
+            errno.EISDIR, f"--output {path} is a folder; give a file name (e.g. {path}/reid.onnx)"
+        )
+    check_output_dir(path.absolute().parent, f"--output {path}: its folder")
+
+
+__all__ = ["FORMATS", "check_output_file", "export_checkpoint"]

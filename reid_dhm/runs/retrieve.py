@@ -48,11 +48,13 @@ class Retrieval:
 
 
 def parse_identity(path: str | os.PathLike) -> tuple[int, int]:
-    """(pid, camera) from a Market-style name, or (-1, -1)."""
-    from ..data.reid_datasets import NAME_PATTERN
+    """(pid, camera) from a Market-style name, or (-1, -1) (also for ids beyond int64:
+    they only mark matches here, and the index stores int64)."""
+    from ..data.reid_datasets import INT64_MAX, NAME_PATTERN
 
     match = NAME_PATTERN.match(Path(path).name)
-    return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+    ids = (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+    return ids if max(ids) <= INT64_MAX else (-1, -1)
 
 
 def check_retrieve_args(topk: int, gallery, save_index=None, kind: str | None = None) -> None:
@@ -243,8 +245,13 @@ def retrieve_folder(
         A :class:`Retrieval`.
     """
     from ..inference import FeatureExtractor, list_images
+    from ..utils.io import check_output_dir
 
     check_retrieve_args(topk, gallery, save_index, kind)
+    # A place that cannot be written fails now, not after everything is embedded.
+    out = check_output_dir(output_dir, "--output-dir")
+    if save_index:
+        check_output_dir(Path(save_index).absolute().parent, "--save-index's folder")
     extractor = FeatureExtractor.from_checkpoint(checkpoint, batch_size=batch_size, device=device)
     queries = list_images(query)  # a bad query path fails before the gallery is embedded
     source = Path(gallery)
@@ -257,8 +264,6 @@ def retrieve_folder(
     qf = extractor(queries)
     k = min(topk, len(index))
     result = rerank_search(index, qf, gallery_feats, k) if rerank else index.search(qf, k)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ranked = ranked_hits(result, queries)
     written = write_tables(out, ranked) + write_png(out, result, queries, log)
     if rerank:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 
 
 class StopSignals:
@@ -13,11 +15,16 @@ class StopSignals:
     to resume. A second signal of the same kind acts at once (SIGINT: a
     KeyboardInterrupt; SIGTERM: exit 128 + 15). Handlers are installed only in the main
     thread and restored on exit.
+
+    Inside :meth:`at_once` (an evaluation, which writes nothing and has no iteration
+    worth finishing) a signal stops at once with ``EvaluationInterrupted``. Calling the
+    object is :meth:`pending`, so it can be given as ``train(..., should_stop=...)``.
     """
 
     def __init__(self):
         self.signum: int | None = None
         self._old: dict = {}
+        self._at_once = False
 
     def __enter__(self) -> StopSignals:
         import threading
@@ -29,13 +36,16 @@ class StopSignals:
         return self
 
     def _handle(self, signum, _frame) -> None:
-        if self.signum is not None:  # the second one: stop now
+        if self.signum is not None and not self._at_once:  # the second one: stop now
             self._restore()
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + signum)
         self.signum = signum
         name = signal.Signals(signum).name
+        if self._at_once:
+            print(f"\n{name} received: stopping the evaluation", file=sys.stderr, flush=True)
+            self._raise_pending()
         print(
             f"\n{name} received: finishing the current iteration, then stopping "
             f"(send {name} again to stop at once)",
@@ -43,8 +53,27 @@ class StopSignals:
             flush=True,
         )
 
+    def _raise_pending(self) -> None:
+        from ..engines.guards import EvaluationInterrupted
+
+        self._at_once = False  # one exception; the code unwinding it is not interrupted
+        raise EvaluationInterrupted(self.signum)
+
+    @contextlib.contextmanager
+    def at_once(self) -> Iterator[None]:
+        """Within the block a stop signal (or one already received) raises at once."""
+        if self.signum is not None:
+            self._raise_pending()
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
+
     def pending(self) -> int | None:
         return self.signum
+
+    __call__ = pending
 
     def _restore(self) -> None:
         for sig, old in self._old.items():

@@ -114,7 +114,7 @@ def reid_data_kwargs(cfg: Mapping) -> dict:
     keys = (
         "dataset", "root", "height", "width", "transforms", "norm_mean", "norm_std",
         "batch_size", "test_batch_size", "workers", "sampler", "num_instances", "combineall",
-        "skip_bad_images",
+        "skip_bad_images", "max_image_pixels",
     )  # fmt: skip
     return {k: d[k] for k in keys}
 
@@ -226,7 +226,7 @@ def classification_loaders(cfg: Mapping, train_set, test_set, device):
     from torch.utils.data import DataLoader
 
     from ..engines import distributed as dist
-    from ..engines.seeding import EpochIndexSampler, EpochSeededDataset, ignore_sigint
+    from ..engines.seeding import EpochIndexSampler, EpochSeededDataset, ignore_stop_signals
 
     d = cfg["data"]
     batch = dist.per_process_batch(d["batch_size"])
@@ -235,7 +235,7 @@ def classification_loaders(cfg: Mapping, train_set, test_set, device):
         num_workers=d["workers"],
         pin_memory=device.type == "cuda",
         persistent_workers=d["workers"] > 0,
-        worker_init_fn=ignore_sigint,
+        worker_init_fn=ignore_stop_signals,
     )
     # A last batch of one sample breaks BatchNorm in training mode: drop it then.
     # Augmentation is seeded per (seed, epoch, sample): resumed runs draw the same.

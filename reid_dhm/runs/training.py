@@ -15,6 +15,7 @@ failed final evaluation after training: what was produced is written first) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -34,7 +35,12 @@ from .build import (
     set_deterministic,
 )
 from .errors import RunStopped, error_line
-from .folders import interrupted_line, remove_stale_temporaries, write_config
+from .folders import (
+    interrupted_line,
+    remove_stale_temporaries,
+    run_folder_lock,
+    write_config,
+)
 
 
 @dataclass
@@ -71,19 +77,25 @@ def train(
         checkpoint: resume from (or evaluate) this checkpoint: a path or a loaded one.
         eval_only: only evaluate ``checkpoint``'s weights.
         should_stop: polled after every iteration; a signal number stops the run
-            (``RunStopped`` saying how to resume). ``StopSignals().pending`` fits.
+            (``RunStopped`` saying how to resume). A ``StopSignals`` fits, and also
+            stops an evaluation at once (its ``at_once()``).
+
+    The main process holds the run folder's lock throughout (``run_folder_lock``): a
+    second run into the same folder fails at once naming this one's PID.
     """
     from ..engines import distributed as dist
 
     ckpt = _load(checkpoint)
     check_before_training(cfg, ckpt, eval_only)
-    info = dist.init_distributed(cfg["train"]["device"])
-    try:
-        result = run_in_process(cfg, info, ckpt, eval_only, should_stop)
-    except BaseException:
-        dist.cleanup(barrier=False)  # the other ranks may be stuck in a collective
-        raise
-    dist.cleanup()
+    main = is_main_process()
+    with run_folder_lock(cfg["output_dir"]) if main else contextlib.nullcontext():
+        info = dist.init_distributed(cfg["train"]["device"])
+        try:
+            result = run_in_process(cfg, info, ckpt, eval_only, should_stop)
+        except BaseException:
+            dist.cleanup(barrier=False)  # the other ranks may be stuck in a collective
+            raise
+        dist.cleanup()
     return result
 
 
@@ -142,7 +154,34 @@ def run_in_process(cfg, info, ckpt, eval_only: bool, should_stop=None) -> RunRes
             flush=True,
         )
     run = _Run(cfg, out, info, setup, model, model_name, parts, ckpt, eval_only)
-    return run.evaluate_only() if eval_only else run.train(should_stop)
+    return run.evaluate_only(should_stop) if eval_only else run.train(should_stop)
+
+
+class _InterruptibleTask:
+    """A task whose evaluations a stop signal ends at once (``should_stop.at_once()``).
+
+    Training stops after the current iteration; an evaluation has no iteration worth
+    finishing and writes nothing, so waiting for it (minutes on a large gallery) would
+    only delay the stop. Everything else is the task's own.
+    """
+
+    def __init__(self, task, should_stop):
+        self._task, self._should_stop = task, should_stop
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._task, name)
+
+    def evaluate(self, model):
+        with stop_at_once(self._should_stop):
+            return self._task.evaluate(model)
+
+
+def stop_at_once(should_stop):
+    """``should_stop.at_once()`` when it has one (a ``StopSignals``), else nothing."""
+    at_once = getattr(should_stop, "at_once", None)
+    return at_once() if at_once is not None else contextlib.nullcontext()
 
 
 def _training_parts(cfg, model, ckpt, eval_only: bool, info) -> dict:
@@ -197,8 +236,11 @@ class _Run:
             grad_monitor_every=train["grad_monitor_every"], should_stop=should_stop,
             describe=self.setup.describe, digits=self.setup.digits,
         )  # fmt: skip
+        task = self.setup.task
+        if should_stop is not None:
+            task = _InterruptibleTask(task, should_stop)
         trainer = Trainer(
-            self.setup.task, p["wrapped"], p["criterion"], p["optimizer"], p["scheduler"],
+            task, p["wrapped"], p["criterion"], p["optimizer"], p["scheduler"],
             max_epoch=train["max_epoch"], branch_sampler=p["sampler"], amp=train["amp"],
             eval_freq=train["eval_freq"], hooks=hooks,
             guard=NonFiniteGuard(train["nonfinite"], train["nonfinite_max_skips"]),
@@ -219,8 +261,10 @@ class _Run:
         try:
             trainer.train(self.parts["start"])
         except TrainingInterrupted as stop:
-            done = trainer.history[-1]["epoch"] if trainer.history else self.parts["start"]
-            raise RunStopped(interrupted_line(stop, self.out, done), 128 + stop.signum) from None
+            raise RunStopped(
+                interrupted_line(stop, self.out, _saved_epoch(trainer, self.parts["start"])),
+                128 + stop.signum,
+            ) from None
         except EvaluationFailed as err:
             failed = err  # write what is known first, then say how to finish the job
         results = self._identity()
@@ -235,11 +279,17 @@ class _Run:
             raise RunStopped(_failed_line(self.out / "checkpoint.pth", failed), 1)
         return RunResult(self.out, results, trainer.history, trainer.last_result, self.model)
 
-    def evaluate_only(self) -> RunResult:
+    def evaluate_only(self, should_stop=None) -> RunResult:
         """Evaluate the checkpoint's weights into ``eval/`` (nothing is trained)."""
+        from ..engines.guards import TrainingInterrupted
+
         if self.ckpt is not None:
             self.setup.restore(self.ckpt)
-        evaluation = self.setup.task.evaluate(self.parts["wrapped"])
+        try:
+            with stop_at_once(should_stop):
+                evaluation = self.setup.task.evaluate(self.parts["wrapped"])
+        except TrainingInterrupted as stop:
+            raise RunStopped(_eval_stopped_line(stop, self.ckpt), 128 + stop.signum) from None
         results = self._identity()
         results.update(
             checkpoint=str(self.ckpt.get("path")), checkpoint_epochs=self.ckpt.get("epoch")
@@ -283,6 +333,27 @@ def _add_monitor(results: dict, history) -> None:
     monitored = monitor_history(history)
     if monitored:
         results["grad_monitor"] = monitored
+
+
+def _saved_epoch(trainer, start: int) -> int:
+    """The epoch ``checkpoint.pth`` holds: the last one the checkpoint hook wrote (an
+    epoch evaluated mid-run is written after its evaluation), else the resumed one."""
+    from ..engines.hooks import CheckpointHook
+
+    written = [h.written_epoch for h in trainer.hooks if isinstance(h, CheckpointHook)]
+    return next((w for w in written if w is not None), start)
+
+
+def _eval_stopped_line(stop, ckpt) -> str:
+    """The one line a stop signal ends an evaluation-only run with."""
+    import signal
+
+    name = signal.Signals(stop.signum).name
+    what = ckpt.get("path") if ckpt is not None else "the checkpoint"
+    return (
+        f"stopped by {name} during the evaluation of {what}: nothing was written; run the "
+        "same command again to evaluate it"
+    )
 
 
 def _failed_line(ckpt_path: Path, failed) -> str:

@@ -152,11 +152,7 @@ def run_study(
     rows = {r["key"]: r for r in (earlier or {}).get("trials", [])}
     done = _finished(rows.values(), study.trials, runs_dir, _reused_rows(study))
     rows.update(done)
-    # Seed-major order: a study stopped half-way has whole seeds of every variant.
-    todo = sorted(
-        (t for t in study.trials if t.key not in done),
-        key=lambda t: study.spec.seeds.index(t.seed) if t.seed in study.spec.seeds else t.seed,
-    )
+    todo = _todo(study, done)
     echo(
         f"study {study.name!r}: {len(study.trials)} trials, {len(done)} finished earlier, "
         f"{len(todo)} to run with --executor {executor}, {plan.concurrency} at a time "
@@ -188,6 +184,16 @@ def run_study(
         + (f", {failed} failed (see their log.txt; rerun to retry them)" if failed else "")
     )
     return data
+
+
+def _todo(study: Study, done: Mapping) -> list[Trial]:
+    """The unfinished trials, seed-major: a study stopped half-way has whole seeds of
+    every variant in every setting."""
+    seeds = study.spec.seeds
+    return sorted(
+        (t for t in study.trials if t.key not in done),
+        key=lambda t: seeds.index(t.seed) if t.seed in seeds else t.seed,
+    )
 
 
 def _gpu_count(plan: Plan) -> int:

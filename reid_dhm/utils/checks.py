@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from collections.abc import Iterable, Sequence
@@ -61,6 +62,9 @@ class Range:
         # bool is an int to Python but never a count or a rate here.
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
+        # inf and nan are never a rate, a weight or a count (nan passes every comparison).
+        if not math.isfinite(value):
+            return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -79,8 +83,14 @@ class Range:
     def check(self, value, name: str):
         """``value`` unchanged if in range, else ``ValueError('<name> must be ...')``."""
         if value not in self:
-            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+            raise ValueError(f"{name} must be {self._what(value)}, got {value!r}")
         return value
+
+    def _what(self, value) -> str:
+        """What ``value`` must be; "a finite number" first when it is inf or nan."""
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        finite = not real or math.isfinite(value)
+        return self.describe() if finite else f"a finite number {self.describe()}"
 
     def __get_pydantic_core_schema__(self, source, handler):
         from pydantic_core import core_schema
@@ -88,7 +98,7 @@ class Range:
         def validate(value):
             if value not in self:
                 # The config layer adds the dotted key and the value to this message.
-                raise ValueError(f"must be {self.describe()}")
+                raise ValueError(f"must be {self._what(value)}")
             return value
 
         return core_schema.no_info_after_validator_function(validate, handler(source))

@@ -24,6 +24,8 @@ TEMPERATURE = Range(0, low_open=True)
 KL_WEIGHT = Range(0)
 TRIPLET_WEIGHT = Range(0)
 TRIPLET_MARGIN = Range(0)
+# loss.ce_weights: each branch's cross-entropy weight (missing branches weigh 1).
+CE_WEIGHT = Range(0)
 KL_WARMUP_EPOCHS = Range(0)
 # How the KL weight moves during training: the paper's constant mu; a linear ramp over
 # ``kl_warmup_epochs``; or, per teacher, mu times a running mean of that teacher's
@@ -147,7 +149,29 @@ def check_identity_batch(batch_size: int, num_instances: int, processes: int = 1
 # ----------------------------------------------------------------------- test
 # test.ranks default: the Rank-k values reported (CMC at k).
 RANKS = (1, 5, 10, 20)
+# The rank a training run always reports: its headline number (TensorBoard
+# ``test/rank1``, ``results.json``, a study's statistics) is Rank-1.
+HEADLINE_RANK = 1
+
+
+def check_run_ranks(ranks: Sequence[int], name: str = "test.ranks") -> None:
+    """A run's ranks must include :data:`HEADLINE_RANK` (a ``ValueError`` otherwise)."""
+    if HEADLINE_RANK not in ranks:
+        raise ValueError(
+            f"{name} must include {HEADLINE_RANK} (Rank-{HEADLINE_RANK} is every run's headline "
+            f"metric: test/rank{HEADLINE_RANK}, results.json, studies), got {list(ranks)}: "
+            f"add it, e.g. {sorted({HEADLINE_RANK, *ranks})}"
+        )
+
 
 # ----------------------------------------------------------------------- data
 # data.sampler: torchreid's RandomSampler, or RandomIdentitySampler (P x K batches).
 SAMPLERS = ("random", "identity")
+# data.transforms: the names torchreid's build_transforms knows (it silently ignores
+# any other name, so a typo would train without the augmentation it meant).
+TRANSFORMS = ("random_flip", "random_crop", "random_patch", "color_jitter", "random_erase")
+# data.max_image_pixels: an image with more pixels is a bad image (listed at load,
+# skippable). The default is PIL's own decompression-bomb limit, 1 GiB / 4 / 3: a
+# 40 KB PNG can claim 20000x10000 pixels and take gigabytes to decode.
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+MAX_IMAGE_PIXELS = Range(1)

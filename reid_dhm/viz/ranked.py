@@ -11,13 +11,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..retrieval.result import ReidEvaluation
+from ..utils.images import NO_PIXEL_LIMIT, read_image
 from ..utils.io import atomic_path
 
 
 def _thumb(path: str, size: tuple[int, int], border: tuple[int, int, int] | None) -> Image.Image:
     h, w = size
-    with Image.open(path) as img:
-        tile = img.convert("RGB").resize((w, h), Image.BILINEAR)
+    # The evaluation read these files under the run's own pixel limit.
+    img = read_image(path, NO_PIXEL_LIMIT, warn_large=False)
+    tile = img.resize((w, h), Image.BILINEAR)
     if border is not None:
         ImageDraw.Draw(tile).rectangle([0, 0, w - 1, h - 1], outline=border, width=3)
     return tile

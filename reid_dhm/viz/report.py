@@ -32,6 +32,7 @@ from PIL import Image
 from ..retrieval import evaluate
 from ..retrieval.result import ReidEvaluation
 from ..utils.branches import MAIN
+from ..utils.images import NO_PIXEL_LIMIT, read_image
 
 THUMB = (128, 64)  # (H, W) of the copied thumbnails
 
@@ -74,8 +75,9 @@ def _pct(x: float) -> str:
 
 
 def _thumb(src: str, dest: Path) -> None:
-    with Image.open(src) as img:
-        img.convert("RGB").resize(THUMB[::-1], Image.BILINEAR).save(dest, "JPEG", quality=88)
+    # The evaluation read these files under the run's own pixel limit.
+    img = read_image(src, NO_PIXEL_LIMIT, warn_large=False)
+    img.resize(THUMB[::-1], Image.BILINEAR).save(dest, "JPEG", quality=88)
 
 
 def _cmc_svg(results: Mapping[str, Mapping], width: int = 520, height: int = 300) -> str:
