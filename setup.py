@@ -44,6 +44,8 @@ setup(
         "matplotlib",
         # a lock around building synthreid, so runs started side by side build it once
         "filelock",
+        # model.name=timm/<name>: DHM on any timm backbone (models/backbones/timm_models.py)
+        "timm>=1.0",
     ],
     extras_require={
         "export": ["onnx", "onnxscript", "onnxruntime"],

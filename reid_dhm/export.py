@@ -153,7 +153,7 @@ def export_onnx(
     TOLERANCE.check(rtol, "rtol")
     # The same rule a training config's data.height / data.width meet.
     h, w = check_input_size(*image_size, bare.input_stride, type(bare).__name__)
-    net = bare.deploy().cpu().float().eval()
+    net = bare.deployed_embedder().cpu().float().eval()
     if input_normalization is not None and normalize is None:
         raise ValueError("input_normalization needs normalize=(mean, std) of the model")
     if normalize is not None and _as_pairs(normalize) != _as_pairs(input_normalization):

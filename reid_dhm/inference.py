@@ -162,7 +162,10 @@ class FeatureExtractor:
                 fields[key] = value
         self.preprocessing = Preprocessing.from_dict(fields)
         self.device = resolve_device(device)
-        self.model = (bare if branch != MAIN else bare.deploy()).to(self.device).eval()
+        deployed = bare.deploy() if branch == MAIN else bare
+        # A timm model deploys to timm's own class (no embed()); its main-branch embedding
+        # is the same, so the model itself embeds (the aux branches are never run).
+        self.model = (deployed if isinstance(deployed, DHMNet) else bare).to(self.device).eval()
         self.batch_size = batch_size
         self.branch = branch
         self.normalize = normalize

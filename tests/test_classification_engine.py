@@ -131,7 +131,12 @@ def test_two_epoch_run_writes_checkpoints_best_and_correct_errors(tiny_cifar10, 
 
 
 def _files(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    """The run's files (an evaluation's lock on eval/, ``.eval.lock``, is not one)."""
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))
+    }
 
 
 def test_resume_keeps_the_recipe_and_evaluations_write_apart(tiny_cifar10, tmp_path, capsys):

@@ -90,7 +90,12 @@ def test_two_epoch_run_writes_everything(tiny_reid, tmp_path, capsys):
 
 
 def _files(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    """The run's files (an evaluation's lock on eval/, ``.eval.lock``, is not one)."""
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))
+    }
 
 
 @pytest.mark.slow  # two trainings and two evaluations: about 30 s on 2 CPU cores

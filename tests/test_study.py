@@ -180,10 +180,9 @@ def _rows(out: Path) -> dict:
 def test_local_study_end_to_end_resumes_and_records_a_failing_trial(
     tmp_path, tiny_reid, tiny_cifar10, capsys
 ):
-    # a third variant that fails at run time (weights that do not exist), in reid only
-    path = write_study(
-        tmp_path, tiny_reid, tiny_cifar10, "  broken: [model.pretrained=/nonexistent/w.pth]"
-    )
+    # a third variant that fails at run time (a data folder that does not exist: the
+    # config check cannot know), in reid only
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10, "  broken: [data.root=/nonexistent/d]")
     out = tmp_path / "out"
     args = [str(path), "--out", str(out), "--jobs", "2"]
     assert study_cli.main([*args, "--seeds", "1"]) == 1  # the failing trial -> status 1
@@ -192,7 +191,7 @@ def test_local_study_end_to_end_resumes_and_records_a_failing_trial(
         "reid/dsl/seed1", "reid/dhm-adaptive/seed1", "cls/dsl/seed1", "cls/dhm-adaptive/seed1"
     }  # fmt: skip
     broken = rows["reid/broken/seed1"]
-    assert broken["status"] == "failed" and "/nonexistent/w.pth" in broken["error"]
+    assert broken["status"] == "failed" and "/nonexistent/d" in broken["error"]
     assert "\n" not in broken["error"]
     ok = rows["reid/dhm-adaptive/seed1"]
     assert 0 <= ok["metrics"]["mAP"] <= 100 and ok["epochs"] == 1

@@ -77,9 +77,11 @@ def check_values(
         _fail("train.max_epoch", f"'train.max_epoch' must be >= {least}{why}, got {epochs}", origin)
     _check_task_keys(cfg, origin)
     _check_model(cfg, origin)
+    _check_timm(cfg, origin, from_checkpoint)
     _check_build(cfg, origin)
     if not from_checkpoint:
         _check_pretrained(cfg["model"]["pretrained"], origin)
+        _check_timm_pretrained(cfg["model"], origin)
     _check_batches(cfg, origin)
     if cfg["task"] == "reid":
         try:
@@ -114,13 +116,16 @@ def _check_task_keys(cfg: Mapping, origin: Mapping[str, str]) -> None:
 def _check_model(cfg: Mapping, origin: Mapping[str, str]) -> None:
     """The model name against the registry, its options, and the image size."""
     from ..models.dhm import check_input_size
-    from ..models.registry import get_entry, list_models, models_with_option
+    from ..models.registry import get_entry, list_models, models_with_option, prefix_of
 
     model = cfg["model"]
     name = model["name"]
-    if name not in list_models():
+    if name not in list_models() and prefix_of(name) is None:
         _fail("model.name", f"'model.name' must be one of {list_models()}, got {name!r}", origin)
-    entry = get_entry(name)
+    try:
+        entry = get_entry(name)  # a prefix rule's model (timm/<name>) is made here
+    except (ValueError, ImportError) as err:
+        _fail("model.name", f"'model.name' {name!r}: {err}", origin)
     for key, default in (("neck", "none"), ("last_stride", 2)):
         if model[key] != default and key not in entry.options:
             owners = ", ".join(models_with_option(key))
@@ -143,6 +148,36 @@ def _check_model(cfg: Mapping, origin: Mapping[str, str]) -> None:
         )
     except ValueError as err:
         _fail(next(k for k in keys if f"'{k}'" in str(err)), str(err), origin)
+
+
+def _check_timm(cfg: Mapping, origin: Mapping[str, str], from_checkpoint: bool) -> None:
+    """``model.forks`` (timm models only, in the model's range); no ``paper`` branch style
+    set for a ``timm/<name>`` model (a checkpoint's config holds the default, not a choice)."""
+    from ..models.backbones.timm_models import check_forks, is_timm_name
+
+    model = cfg["model"]
+    name = model["name"]
+    if not is_timm_name(name):
+        if model["forks"] is not None:
+            _fail(
+                "model.forks",
+                f"'model.forks' is only read by timm/<name> models, not {name}",
+                origin,
+            )
+        return
+    chosen = "model.branch_style" in origin and not from_checkpoint
+    if model["branch_style"] == "paper" and chosen:
+        _fail(
+            "model.branch_style",
+            f"'model.branch_style' is 'paper', but {name} builds mirror branches only: "
+            "set model.branch_style=mirror",
+            origin,
+        )
+    if model["forks"] is not None:
+        try:
+            check_forks(model["forks"], name.split("/", 1)[1])
+        except ValueError as err:
+            _fail("model.forks", f"'model.forks' is {model['forks']!r}: {err}", origin)
 
 
 def _check_build(cfg: Mapping, origin: Mapping[str, str]) -> None:
@@ -220,6 +255,20 @@ def _check_pretrained(value: Any, origin: Mapping[str, str]) -> None:
         "model.pretrained=false to train from scratch",
         origin,
     )
+
+
+def _check_timm_pretrained(model: Mapping, origin: Mapping[str, str]) -> None:
+    """A timm model's weights come only from a file: nothing is downloaded or looked up."""
+    from ..models.backbones.timm_models import is_timm_name
+
+    if is_timm_name(model["name"]) and model["pretrained"] is True:
+        _fail(
+            "model.pretrained",
+            f"'model.pretrained' is true, but {model['name']} loads weights only from a "
+            "local file (never downloaded): set model.pretrained=<path of a timm/torchvision "
+            "state dict> or model.pretrained=false",
+            origin,
+        )
 
 
 def _check_batches(cfg: Mapping, origin: Mapping[str, str]) -> None:

@@ -130,6 +130,9 @@ class ModelSection(Section):
     # none | bnneck (BatchNorm on each branch's embedding, BoT)
     neck: Annotated[Str, one_of(_owned("models.dhm", "NECKS"))] = "none"
     last_stride: Annotated[Int, one_of((1, 2))] = 2  # ResNets: 1 keeps layer4 at /16 (BoT)
+    # timm/<name> models: fork points, 0-based feature_info indices (plain ViTs: block
+    # counts); null: the levels of reduction 8 and 16 (ViTs: blocks 2d/3 and 5d/6)
+    forks: list[Int] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # checked by the model builder
 
 

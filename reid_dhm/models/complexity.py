@@ -75,9 +75,10 @@ def branch_costs(model: DHMNet, input_size: tuple[int, int] = (256, 128)) -> Ord
             "params": count_parameters(model) - rows["classifiers"]["params"],
             "flops": _flops(lambda: model.forward_branches(x)) - rows["classifiers"]["flops"],
         }
-        deployed = model.deploy()
+        deployed = model.deployed_embedder()
         rows["deploy"] = {
-            "params": count_parameters(deployed) - count_parameters(deployed.classifier),
+            # the deployed classifier is the main one (timm's head holds it when deployed)
+            "params": count_parameters(deployed) - count_parameters(model.classifier),
             "flops": _flops(deployed, x),
         }
     finally:
@@ -104,9 +105,12 @@ def style_costs(
         ``[(title, rows, the model's class count), ...]``: the title is ``name``, with
         the style added unless only the paper's style was asked for.
     """
+    from .backbones.timm_models import is_timm_name
     from .registry import build_model
 
     kwargs = {} if branches is None else {"branches": branches}
+    if is_timm_name(name):  # ViT / Swin size their position embeddings and windows
+        kwargs["img_size"] = tuple(input_size)
     styles = BRANCH_STYLES if branch_style == "both" else (branch_style,)
     out = []
     for style in styles:

@@ -326,6 +326,19 @@ class DHMNet(nn.Module):
         plain.load_state_dict(self.main_state_dict(), strict=True)
         return plain.eval()
 
+    def deployed_embedder(self) -> nn.Module:
+        """The deployed network as (B, 3, H, W) -> (B, D) embeddings, in eval mode.
+
+        ``deploy()`` itself here (its eval forward is the embedding); a backbone whose
+        deployed model is another library's (timm's forward gives logits) wraps it.
+        Export, inference and the cost summary call this, not ``deploy()``.
+        """
+        return self.deploy()
+
+    def deployed_file(self) -> Mapping:
+        """What a run writes to ``deployed.pth``: here the deployed state dict alone."""
+        return self.deploy().cpu().state_dict()
+
 
 def _recording_init(init: Callable) -> Callable:
     """``init`` that, for the outermost class only, records its arguments in ``init_kwargs``."""

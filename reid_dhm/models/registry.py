@@ -95,6 +95,11 @@ def model_pair(
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# Name prefixes resolved by rule, not listed: a backbone module's ``PREFIXES`` table of
+# ``(prefix, factory)`` pairs, ``factory(rest of the name) -> ModelEntry`` (``timm/<name>``
+# builds any timm model); entries made this way are cached here, apart from the listing.
+_PREFIXES: dict[str, Callable[[str], ModelEntry]] = {}
+_BY_PREFIX: dict[str, ModelEntry] = {}
 _DISCOVERED = False
 
 
@@ -104,6 +109,7 @@ def _builtin_entries() -> Iterator[tuple[str, ModelEntry]]:
 
     for info in sorted(pkgutil.iter_modules(backbones.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{backbones.__name__}.{info.name}")
+        _PREFIXES.update(getattr(module, "PREFIXES", ()))
         yield from getattr(module, "MODELS", ())
 
 
@@ -140,9 +146,23 @@ def list_models() -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     """The :class:`ModelEntry` of ``name``; ``ValueError`` listing the valid names if unknown."""
     registry = _registry()
-    if name not in registry:
-        raise ValueError(f"unknown model {name!r}; valid models are {list_models()}")
-    return registry[name]
+    if name in registry:
+        return registry[name]
+    prefix = prefix_of(name)
+    if prefix is None:
+        raise ValueError(
+            f"unknown model {name!r}; valid models are {list_models()}"
+            f" (or {', '.join(p + '<name>' for p in _PREFIXES)})"
+        )
+    if name not in _BY_PREFIX:
+        _BY_PREFIX[name] = _PREFIXES[prefix](name[len(prefix) :])
+    return _BY_PREFIX[name]
+
+
+def prefix_of(name: str) -> str | None:
+    """The registered name prefix ``name`` starts with (e.g. ``'timm/'``), else None."""
+    _registry()
+    return next((p for p in _PREFIXES if isinstance(name, str) and name.startswith(p)), None)
 
 
 def models_with_option(option: str) -> list[str]:

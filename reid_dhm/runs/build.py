@@ -24,6 +24,13 @@ def model_kwargs(cfg: Mapping) -> dict:
         kwargs["last_stride"] = m["last_stride"]
     if cfg["test"]["feature"] != "pre_bn":
         kwargs["eval_feature"] = cfg["test"]["feature"]
+    if m.get("forks") is not None:
+        kwargs["forks"] = m["forks"]
+    from ..models.backbones.timm_models import is_timm_name
+
+    if is_timm_name(m["name"]):
+        # ViT / Swin build their position embeddings and windows for the input size.
+        kwargs.setdefault("img_size", (cfg["data"]["height"], cfg["data"]["width"]))
     return kwargs
 
 

@@ -318,7 +318,7 @@ class _Run:
         from ..viz.curves import plot_training_curves
 
         if deployed:
-            state = self.model.deploy().cpu().state_dict()
+            state = self.model.deployed_file()  # a state dict, or a record holding one
             atomic_write(self.out / "deployed.pth", lambda tmp: torch.save(state, tmp))
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=1))
         if history:

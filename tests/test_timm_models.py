@@ -1,0 +1,254 @@
+"""timm backbones with DHM branches (``model.name=timm/<name>``): structure, deployment
+into a freshly built timm model, ONNX, gradients, costs, weights and config rules."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import randomize_bn
+
+from reid_dhm import DHMLoss, build_model
+from reid_dhm.config import ConfigError, resolve_config
+from reid_dhm.models.backbones.timm_models import (
+    DEPLOYED_FORMAT,
+    TimmWithNeck,
+    load_deployed,
+    mirror_body,
+    timm_embedding,
+    timm_facts,
+)
+from reid_dhm.models.checkpoint import model_from_checkpoint
+from reid_dhm.models.complexity import branch_costs
+
+timm = pytest.importorskip("timm")
+
+SIZE = (64, 32)  # re-ID's 2:1 aspect; every family's stride (32) allows it
+N = 5
+# (timm name, expected default forks, slow): one or two small members per family.
+FAMILIES = [
+    ("convnext_atto", (2, 1), False),
+    ("mobilenetv3_small_100", (3, 2), False),
+    ("efficientnet_b0", (3, 2), False),
+    ("regnety_002", (3, 2), False),
+    ("resnet18", (3, 2), False),
+    ("vit_tiny_patch16_224", (10, 8), False),  # block counts: 5d/6 and 2d/3 of d = 12
+    ("swin_tiny_patch4_window7_224", (2, 1), True),  # 28 M parameters x 3 copies
+]
+PARAMS = [
+    pytest.param(name, forks, marks=[pytest.mark.slow] if slow else [], id=name)
+    for name, forks, slow in FAMILIES
+]
+SIZED = {"vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}  # take img_size
+
+
+def _model(name: str, **kwargs):
+    torch.manual_seed(0)
+    model = build_model(f"timm/{name}", N, img_size=SIZE, **kwargs)
+    randomize_bn(model)  # non-trivial BN statistics, so eval mode means something
+    return model
+
+
+def _x(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("name,forks", PARAMS)
+def test_deploy_loads_strictly_into_a_fresh_timm_model_with_the_same_embedding(name, forks):
+    model = _model(name).eval()
+    assert model.init_kwargs["forks"] == list(forks)
+    assert model.branch_names == ("main", "aux1", "aux2")
+    # img_size reaches timm only for the models that take it (position embeddings, windows).
+    assert model.timm_kwargs == ({"img_size": SIZE} if name in SIZED else {})
+    x = _x()
+    with torch.no_grad():
+        expected = model(x)
+        deployed = model.deploy()
+        fresh = timm.create_model(name, pretrained=False, num_classes=N, **model.timm_kwargs)
+        fresh.load_state_dict(deployed.state_dict(), strict=True)
+        fresh.eval()
+        got = fresh.forward_head(fresh.forward_features(x), pre_logits=True)
+        logits = fresh(x)
+    assert type(deployed) is type(fresh)
+    assert got.shape == (2, model.feature_dim)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, model.classifier(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,forks", PARAMS)
+def test_each_branch_mirrors_the_main_path_after_its_fork(name, forks):
+    """Given the main path's weights, a branch's cut model computes the main embedding
+    from the fork's output: the cut keeps exactly the stages after the fork."""
+    model = _model(name).eval()
+    x = _x()
+    with torch.no_grad():
+        expected = model(x)
+        for branch in model.aux_branches.values():
+            body = mirror_body(copy.deepcopy(model.backbone), branch.fork[len("backbone.") :])
+            tap = model._run_main(x, {branch.fork})[branch.fork]
+            torch.testing.assert_close(timm_embedding(body, tap), expected, atol=1e-5, rtol=0)
+            # The branch itself is a fresh copy: same structure, its own weights.
+            assert body.state_dict().keys() == branch.body.state_dict().keys()
+
+
+@pytest.mark.parametrize("name,forks", PARAMS)
+def test_a_training_step_reaches_every_branch_and_costs_add_up(name, forks):
+    model = _model(name).train()
+    out = model(_x(4))
+    assert list(out.logits) == ["main", "aux1", "aux2"]
+    loss = DHMLoss(mode="dhm")(out, torch.tensor([0, 1, 2, 3]))["loss"]
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:5]
+    for branch in model.aux_branches.values():
+        assert any(p.grad.abs().sum() > 0 for p in branch.body.parameters())
+    rows = branch_costs(model, SIZE)
+    assert rows["deploy"] == rows["main"]
+    assert rows["train"]["flops"] == pytest.approx(
+        sum(rows[b]["flops"] for b in model.branch_names), rel=1e-6
+    )
+    assert rows["train"]["flops"] > rows["deploy"]["flops"]
+
+
+@pytest.mark.parametrize("name,forks", PARAMS)  # the dynamo exporter: 5-25 s per model
+def test_onnx_export_matches_pytorch(name, forks, tmp_path):
+    from reid_dhm.export import export_onnx
+
+    model = _model(name)
+    report = export_onnx(model, tmp_path / "m.onnx", SIZE, atol=1e-4, rtol=0)
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["output"] == ["embeddings", "batch", model.feature_dim]
+
+
+def test_bnneck_deploys_the_timm_model_plus_the_neck_and_says_so(tmp_path):
+    model = _model("resnet18", neck="bnneck", eval_feature="post_bn")
+    with torch.no_grad():
+        model.bnneck.running_mean.normal_()
+        model.bnneck.weight.uniform_(0.5, 2)
+    model.eval()
+    x = _x()
+    record = model.deployed_file()
+    assert record["format"] == DEPLOYED_FORMAT and record["neck"] == "bnneck"
+    assert "BNNeck" in record["holds"]
+    torch.save(record, tmp_path / "deployed.pth")
+    net = load_deployed(tmp_path / "deployed.pth")
+    assert isinstance(net, TimmWithNeck)
+    # The timm part alone loads strictly into a timm model with no classifier.
+    plain = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    plain.load_state_dict(net.model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net.forward_head(net.forward_features(x), pre_logits=True), model(x), atol=1e-5, rtol=0
+        )
+        assert net(x).shape == (2, N)
+
+
+def test_deployed_file_records_how_to_rebuild_the_plain_model():
+    model = _model("vit_tiny_patch16_224").eval()
+    record = model.deployed_file()
+    assert record["timm_name"] == "vit_tiny_patch16_224"
+    assert record["timm_kwargs"] == {"img_size": list(SIZE)}
+    assert record["num_classes"] == N and record["neck"] == "none"
+    net = load_deployed(record)
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(timm_embedding(net, x), model(x), atol=1e-5, rtol=0)
+
+
+def test_forks_choose_the_fork_points():
+    model = build_model("timm/resnet18", N, forks=[1])
+    assert model.branch_names == ("main", "aux1")
+    assert model.aux_branches["aux1"].fork == "backbone.layer1"
+    vit = build_model("timm/vit_tiny_patch16_224", N, img_size=SIZE, forks=[4, 11], branches="aux2")
+    assert vit.aux_branches["aux2"].fork == "backbone.blocks.3"  # after 4 blocks
+    assert vit.init_kwargs["forks"] == [11, 4]
+    with pytest.raises(ValueError, match=r"forks are feature_info indices 0\.\.3, got 4"):
+        build_model("timm/resnet18", N, forks=[4])
+    with pytest.raises(ValueError, match=r"forks are block counts 1\.\.11, got 12"):
+        build_model("timm/vit_tiny_patch16_224", N, forks=[12])
+    with pytest.raises(ValueError, match="mirror branches only"):
+        build_model("timm/resnet18", N, branch_style="paper")
+    with pytest.raises(ValueError, match="unknown timm model"):
+        build_model("timm/no_such_net", N)
+
+
+def test_plain_timm_model_is_the_baseline():
+    model = build_model("timm/resnet18", N, branches=())
+    assert model.branch_names == ("main",)
+    fresh = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    assert sum(p.numel() for p in model.backbone.parameters()) == sum(
+        p.numel() for p in fresh.parameters()
+    )
+
+
+def test_pretrained_weights_come_from_a_local_timm_or_torchvision_file(tmp_path):
+    import torchvision
+
+    source = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "timm.pth")
+    model = build_model("timm/resnet18", N, pretrained=tmp_path / "timm.pth")
+    torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    # A branch keeps its own (fresh) weights.
+    aux = model.aux_branches["aux1"].body.layer4[0].conv1.weight
+    assert not torch.equal(aux, source.layer4[0].conv1.weight)
+    tv = torchvision.models.resnet18(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    model = build_model("timm/resnet18", N, pretrained=tmp_path / "tv.pth")
+    torch.testing.assert_close(model.backbone.conv1.weight, tv.conv1.weight)
+    torch.save(timm.create_model("resnet34", num_classes=0).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="unexpected"):
+        build_model("timm/resnet18", N, pretrained=tmp_path / "r34.pth")
+
+
+def _resolve(*overrides):
+    return resolve_config("synthreid", overrides=["model.name=timm/resnet18", *overrides])
+
+
+def test_config_takes_timm_models_and_checks_their_keys():
+    cfg = _resolve("model.pretrained=false", "model.forks=[1,2]")
+    assert cfg["model"]["forks"] == [1, 2]
+    with pytest.raises(ConfigError, match=r"'model\.pretrained' is true, but timm/resnet18"):
+        _resolve("model.pretrained=true")
+    with pytest.raises(ConfigError, match=r"'model\.forks' is \[7\]: .*0\.\.3"):
+        _resolve("model.pretrained=false", "model.forks=[7]")
+    with pytest.raises(ConfigError, match=r"'model\.branch_style' is 'paper'"):
+        _resolve("model.pretrained=false", "model.branch_style=paper")
+    with pytest.raises(ConfigError, match=r"'model\.forks' is only read by timm"):
+        resolve_config("synthreid", overrides=["model.forks=[1]"])
+    with pytest.raises(ConfigError, match="unknown timm model"):
+        resolve_config("synthreid", overrides=["model.name=timm/nope", "model.pretrained=false"])
+
+
+def test_train_command_runs_a_timm_model_end_to_end(tiny_reid, tmp_path):
+    from reid_dhm.cli import train as train_tool
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "folder", "--root", str(tiny_reid), "--output-dir", str(out)]
+    argv += [
+        "model.name=timm/mobilenetv3_small_100", "model.pretrained=false", "train.max_epoch=1",
+        "data.height=64", "data.width=32", "data.batch_size=8", "data.test_batch_size=16",
+        "data.workers=0", "train.fixbase_epoch=0", "test.vis_queries=0",
+    ]  # fmt: skip
+    assert train_tool.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == "timm/mobilenetv3_small_100"
+    record = torch.load(out / "deployed.pth", weights_only=True)
+    assert record["format"] == DEPLOYED_FORMAT
+    net = timm.create_model(
+        record["timm_name"], num_classes=record["num_classes"], **record["timm_kwargs"]
+    )
+    net.load_state_dict(record["state_dict"], strict=True)
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["branches"] == ["main", "aux1", "aux2"]
+    # The checkpoint rebuilds the model (resume, evaluation) from what it recorded.
+    model = model_from_checkpoint(out / "checkpoint.pth").eval()
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(timm_embedding(net.eval(), x), model(x), atol=1e-5, rtol=0)
+
+
+def test_facts_are_read_off_timm_structure():
+    facts = timm_facts("efficientnet_b0")
+    assert facts.hierarchical and facts.stride == 32
+    assert facts.classifier == ("classifier",)
+    assert not timm_facts("vit_tiny_patch16_224").hierarchical
