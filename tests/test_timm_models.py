@@ -252,3 +252,51 @@ def test_facts_are_read_off_timm_structure():
     assert facts.hierarchical and facts.stride == 32
     assert facts.classifier == ("classifier",)
     assert not timm_facts("vit_tiny_patch16_224").hierarchical
+
+
+# ------------------------------------------------------------------ Market-1501 presets
+PRESET_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "market1501"
+TIMM_PRESETS = [f"{arch}_{mode}" for arch in ("convnext_t", "vit_s")
+                for mode in ("baseline", "dsl", "dhm")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TIMM_PRESETS)
+def test_timm_presets_state_their_recipe(name):
+    cfg = resolve_config(None, PRESET_DIR / f"{name}.yaml", ["model.pretrained=false"])
+    arch, mode = name.rsplit("_", 1)
+    assert cfg["loss"]["mode"] == mode and cfg["data"]["dataset"] == "market1501"
+    assert (cfg["data"]["height"], cfg["data"]["width"]) == (256, 128)
+    assert cfg["model"]["neck"] == "bnneck" and cfg["loss"]["triplet_weight"] == 1.0
+    if arch == "convnext_t":  # BoT's recipe on ConvNeXt-T
+        assert cfg["model"]["name"] == "timm/convnext_tiny" and cfg["model"]["last_stride"] == 2
+        assert (cfg["optim"]["name"], cfg["optim"]["lr"]) == ("adam", 0.00035)
+        assert cfg["test"]["feature"] == "post_bn"
+    else:  # TransReID's ViT baseline recipe on ViT-S
+        assert cfg["model"]["name"] == "timm/vit_small_patch16_224"
+        assert (cfg["optim"]["name"], cfg["optim"]["lr"]) == ("sgd", 0.008)
+        assert cfg["loss"]["triplet_soft"] and cfg["data"]["norm_mean"] == [0.5, 0.5, 0.5]
+        assert cfg["scheduler"]["name"] == "cosine" and cfg["train"]["max_epoch"] == 120
+        assert cfg["test"]["feature"] == "pre_bn"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_PRESETS)
+def test_every_timm_preset_trains_one_epoch(name, tiny_reid, tmp_path):
+    """Each preset for one epoch on a (tiny) synthreid build at 128x64, batch 16, from
+    scratch: the recipe, the timm model and its branches run end to end."""
+    from conftest import run_training
+
+    out = tmp_path / name
+    overrides = [
+        "data.dataset=folder", f"data.root={tiny_reid}", "model.pretrained=false",
+        "data.height=128", "data.width=64", "data.batch_size=16", "data.workers=0",
+        "data.test_batch_size=16", "train.max_epoch=1", "scheduler.warmup_epochs=0",
+        "test.vis_queries=0",
+    ]  # fmt: skip
+    result = run_training(None, overrides, out, config=PRESET_DIR / f"{name}.yaml")
+    history = torch.load(out / "checkpoint.pth", weights_only=True)["history"]
+    assert "tri/main" in history[0]
+    assert ("ce/aux1" in history[0]) == (not name.endswith("baseline"))
+    assert ("kl/aux1->main" in history[0]) == name.endswith("dhm")
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["folder"]["main"]["mAP"] <= 1 and result.results == results
