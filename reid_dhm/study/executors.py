@@ -76,32 +76,34 @@ def _job(job: dict, plan: Plan, slot: str | None) -> dict:
 
 
 def run_local(jobs: Sequence[dict], plan: Plan) -> Iterator[dict]:
-    """Trials in a pool of ``plan.concurrency`` fresh processes (spawned, one trial
-    each); yields rows as trials finish."""
+    """Trials in ``plan.concurrency`` fresh processes at a time (spawned, one trial
+    each); yields rows as trials finish.
+
+    Each trial gets an executor of its own, used once, so no pool has to replace a
+    worker: with one pool and ``max_tasks_per_child=1`` a ``--jobs 1`` study was once
+    seen idle after its first trial (Python 3.11; the cause was not pinned down).
+    """
     pending = list(jobs)
     free = list(plan.slots)
-    running = {}
+    running: dict = {}  # future -> (job, slot, its executor)
     ctx = multiprocessing.get_context("spawn")  # no forked torch / CUDA state
-    with ProcessPoolExecutor(len(plan.slots), mp_context=ctx, max_tasks_per_child=1) as pool:
-        try:
-            while pending or running:
-                while pending and free:
-                    slot = free.pop(0)
-                    job = pending.pop(0)
-                    running[pool.submit(run_trial, _job(job, plan, slot))] = (job, slot)
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    job, slot = running.pop(future)
-                    free.append(slot)
-                    yield _result(
-                        job,
-                        future.result if future.exception() is None else None,
-                        future.exception(),
-                    )
-        except BaseException:
-            for future in running:
-                future.cancel()
-            raise
+    try:
+        while pending or running:
+            while pending and free:
+                slot, job = free.pop(0), pending.pop(0)
+                executor = ProcessPoolExecutor(1, mp_context=ctx)
+                future = executor.submit(run_trial, _job(job, plan, slot))
+                running[future] = (job, slot, executor)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                job, slot, executor = running.pop(future)
+                executor.shutdown(wait=True)
+                free.append(slot)
+                error = future.exception()
+                yield _result(job, future.result if error is None else None, error)
+    finally:
+        for _, _, executor in running.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _result(job: dict, get: Callable[[], dict] | None, err: BaseException | None) -> dict:
