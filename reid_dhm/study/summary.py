@@ -13,9 +13,9 @@ def summarize(data: Mapping) -> dict:
 
     Per setting: ``task``, ``metrics`` (deciding first), ``variants`` (variant ->
     ``n``, ``seeds``, ``metrics`` (metric -> mean/std/n), ``per_seed`` (seed -> deciding
-    metric), ``train_acc``, ``seconds``, ``failed`` (one-line errors)), ``diffs``
+    metric), ``train_acc``, ``seconds`` (training time), ``failed`` (one-line errors)), ``diffs``
     (variant -> reference -> metric -> paired difference with its ``verdict``) and
-    ``trial_seconds`` (the finished trials' wall times, summed).
+    ``trial_seconds`` (the finished trials' training times, summed).
     """
     spec, tasks = data["spec"], data["tasks"]
     rows = data["trials"]
@@ -34,7 +34,7 @@ def summarize(data: Mapping) -> dict:
                 "metrics": {m: describe(r["metrics"][m] for r in ok) for m in metrics},
                 "per_seed": by_seed(ok, metrics[0]),
                 "train_acc": describe(r["train_acc"] for r in ok),
-                "seconds": describe(r["seconds"] for r in ok),
+                "seconds": describe(_train_seconds(r) for r in ok),
                 "failed": [f"seed {r['seed']}: {r.get('error', '')}" for r in vrows
                            if r["status"] != "ok"],
             }  # fmt: skip
@@ -54,7 +54,7 @@ def summarize(data: Mapping) -> dict:
             "variants": variants,
             "diffs": diffs,
             # each finished trial's own wall time, summed (trials may have run side by side)
-            "trial_seconds": sum(r["seconds"] for r in mine if r["status"] == "ok"),
+            "trial_seconds": sum(_train_seconds(r) for r in mine if r["status"] == "ok"),
         }
     counts = {**_counts(rows), "planned": _planned(spec)}
     return {"settings": settings, "decision": _decision(data, settings), "counts": counts}
@@ -64,6 +64,12 @@ def _planned(spec: Mapping) -> int:
     """How many trials the study file asks for (settings x their variants x seeds)."""
     per_setting = (len(s.get("variants") or spec["variants"]) for s in spec["settings"].values())
     return sum(per_setting) * len(spec["seeds"])
+
+
+def _train_seconds(row: Mapping) -> float:
+    """A trial's training time: the sum of its epochs' times, which a resumed trial
+    carries over from its checkpoint (its own wall time counts only the last attempt)."""
+    return row.get("train_seconds", row["seconds"])
 
 
 def _seeds(rows, variant: str, metric: str) -> dict[int, float]:

@@ -73,7 +73,7 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
         )
     lines = [f"## {setting}", "", f"{s['task']}: {what.strip()}", ""]
     head = ["variant", "seeds", *(NAMES[m] for m in metrics), f"{NAMES[first]} per seed",
-            "train acc (%)", "time / run (s)"]  # fmt: skip
+            "train acc (%)", "train time (s)"]  # fmt: skip
     rows = []
     for variant, v in s["variants"].items():
         per_seed = ", ".join(f"{v['per_seed'][k]:.1f}" for k in sorted(v["per_seed"]))
@@ -84,8 +84,8 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
     lines += table(head, rows) + [""]
     done = sum(v["n"] for v in s["variants"].values())
     lines += [
-        f"Trial time: {s['trial_seconds'] / 3600:.1f} h over {done} finished trials (each "
-        "trial's own wall time, summed; trials that ran side by side overlap).",
+        f"Training time: {s['trial_seconds'] / 3600:.1f} h over {done} finished trials "
+        "(each trial's epochs, summed; trials that ran side by side overlap).",
         "",
     ]
     variant_list = ", ".join(
