@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,7 +166,16 @@ def test_reuse_takes_matching_rows_from_another_study(tmp_path, tiny_reid, tiny_
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "studies").glob("*.yaml")),
                          ids=lambda p: p.name)  # fmt: skip
-def test_every_shipped_study_file_resolves(path):
+def test_every_shipped_study_file_resolves(path, tmp_path, monkeypatch):
+    # weight files a study names (ImageNet MobileNetV2 in weights/, fetched by the user as
+    # dhm_screen.yaml says) are not in a clean clone: the config check only asks that the
+    # file exists, so an empty stand-in in a scratch working directory lets every trial
+    # resolve without the real weights
+    monkeypatch.chdir(tmp_path)
+    for name in re.findall(r"model\.pretrained=([^\s,\]\"']+)", path.read_text()):
+        if name not in ("true", "false", "null"):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).touch()
     study = load_study(path)
     assert study.trials and set(study.tasks) == set(study.spec.settings)
     assert len({t.key for t in study.trials}) == len(study.trials)
