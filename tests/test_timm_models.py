@@ -200,6 +200,31 @@ def test_pretrained_weights_come_from_a_local_timm_or_torchvision_file(tmp_path)
         build_model("timm/resnet18", N, pretrained=tmp_path / "r34.pth")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["vit_tiny_patch16_224", pytest.param("swin_tiny_patch4_window7_224", marks=pytest.mark.slow)],
+)
+def test_weights_made_at_224_are_resampled_to_the_re_id_input_size(name):
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(1)
+    source = timm.create_model(name, num_classes=10)  # ImageNet's 224x224
+    model = build_model(f"timm/{name}", N, pretrained=source.state_dict(), img_size=SIZE)
+    own, theirs = model.backbone.state_dict(), source.state_dict()
+    resized = [k for k in own if k in theirs and own[k].shape != theirs[k].shape]
+    assert resized, "nothing depended on the input size?"
+    if name.startswith("vit"):
+        assert resized == ["pos_embed"]
+        grid = (SIZE[0] // 16, SIZE[1] // 16)
+        want = resample_abs_pos_embed(theirs["pos_embed"], grid, num_prefix_tokens=1)
+        torch.testing.assert_close(own["pos_embed"], want)
+    else:  # Swin: relative position tables of the windows that shrank
+        assert all("relative_position" in k for k in resized)
+    same = [k for k in own if k in theirs and own[k].shape == theirs[k].shape]
+    assert all(torch.equal(own[k], theirs[k]) for k in same)
+    assert torch.isfinite(model.eval()(_x())).all()
+
+
 def _resolve(*overrides):
     return resolve_config("synthreid", overrides=["model.name=timm/resnet18", *overrides])
 

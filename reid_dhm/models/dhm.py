@@ -308,6 +308,15 @@ class DHMNet(nn.Module):
         """Top-level children that hold backbone (ImageNet-pretrainable) parameters."""
         return tuple(n for n in self.stage_names if _has_params(getattr(self, n)))
 
+    def adapt_pretrained(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fit ImageNet weights (already in this model's key layout) to this instance.
+
+        The hand-written CNNs take weights of any input size as they are; a model whose
+        tensors depend on the input size (a ViT's position embeddings, Swin's relative
+        position tables) resamples them here.
+        """
+        return state
+
     def new_module_names(self) -> tuple[str, ...]:
         """Top-level children with no pretrained weights: classifiers and aux branches."""
         kept = set(self.pretrained_module_names())

@@ -102,6 +102,7 @@ def load_backbone_weights(
     )
     if converter is not None and not all(k in state for k in target):
         state = converter(state, target)
+    state = model.adapt_pretrained(state)
     missing = [k for k in target if k not in state]
     if missing:
         raise ValueError(

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -330,6 +332,26 @@ class DHMTimm(DHMNet):
     # ------------------------------------------------------------- deployment
     def pretrained_module_names(self) -> tuple[str, ...]:
         return ("backbone",)
+
+    def adapt_pretrained(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """ImageNet weights made at another input size, fitted to this model's.
+
+        timm's own loading filter of the architecture (``checkpoint_filter_fn`` of its
+        module) does it: a ViT's position embeddings are resampled to this model's patch
+        grid (224x224's 14x14 to 256x128's 16x8), Swin's relative position tables to its
+        windows. Architectures without a filter take the weights as they are.
+        """
+        module = sys.modules[type(self.backbone).__module__]
+        filter_fn = getattr(module, "checkpoint_filter_fn", None)
+        if filter_fn is None:
+            return state
+        inner = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
+        with warnings.catch_warnings():  # torch performance notes from timm's resampling
+            warnings.simplefilter("ignore", UserWarning)
+            adapted = filter_fn(inner, self.backbone)
+        out = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+        out.update((BACKBONE + k, v) for k, v in adapted.items())
+        return out
 
     def _fresh_timm(self, num_classes: int) -> nn.Module:
         timm = import_timm()
