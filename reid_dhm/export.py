@@ -250,6 +250,31 @@ BOXMOT_MEAN = IMAGENET_MEAN
 BOXMOT_STD = IMAGENET_STD
 
 
+# The BoxMOT architecture name written for a graph BoxMOT has no backbone for (a timm
+# model, a ResNet with last stride 1). BoxMOT reads ``model_name`` from the sidecar
+# before anything else; without one it guesses from substrings of the *file name*
+# (``osnet_vs_convnext.onnx`` reads as OSNet, ``*mobilenetv4*`` as a 384x128 model).
+# For an ONNX graph the name only sets the crop contract: the default input size when
+# no ``img_size`` is given and model-specific options (CSL-TinyViT's). ResNet-50's
+# contract is the plain one (resize to img_size, ImageNet mean / std, no options).
+BOXMOT_CONTRACT_NAME = "resnet50"
+
+
+def _contract_name(bare: DHMNet) -> dict:
+    """Sidecar keys for a network without a BoxMOT backbone: the contract name and why."""
+    timm_name = getattr(bare, "timm_name", None)
+    arch = f"timm/{timm_name}" if timm_name else type(bare).__name__
+    return {
+        "model_name": BOXMOT_CONTRACT_NAME,
+        "architecture": arch,
+        "model_name_note": (
+            f"the graph is {arch}, which BoxMOT has no backbone for; model_name only "
+            f"selects BoxMOT's crop contract ({BOXMOT_CONTRACT_NAME}'s: resize to "
+            "img_size, ImageNet mean/std), so BoxMOT does not guess one from the file name"
+        ),
+    }
+
+
 def boxmot_paths(output: str | os.PathLike) -> tuple[Path, Path]:
     """(ONNX path, PyTorch path) BoxMOT picks its runtime from by suffix.
 
@@ -321,6 +346,8 @@ def export_boxmot(
     onnx_meta = dict(common)
     if name is not None:
         onnx_meta["model_name"] = name
+    else:
+        onnx_meta.update(_contract_name(bare))
     _write_sidecar(onnx_path, onnx_meta)
     notes, written_pt = [], None
     if name is None:

@@ -1,6 +1,7 @@
 """The BoxMOT export, loaded through BoxMOT's own ReID runtime (boxmot 25.0.0)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,24 @@ def test_models_boxmot_has_no_backbone_for_get_onnx_only(tmp_path):
     frame = np.random.default_rng(0).integers(0, 256, (64, 32, 3), dtype=np.uint8)
     fx = FeatureExtractor(model, image_size=(64, 32), device="cpu", normalize=True)
     assert _cosines(_runtime(report["onnx"])([frame]), fx(frame, bgr=True))[0] >= 0.9999
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "vit_tiny_patch16_224"])
+def test_a_timm_model_runs_in_boxmot_under_the_plain_crop_contract(name, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(f"timm/{name}", 4, img_size=(64, 32))
+    # A file name that holds another BoxMOT architecture's name: without a model_name in
+    # the sidecar BoxMOT would read this graph as MobileNetV4 (a 384x128 contract).
+    report = export_boxmot(model, tmp_path / f"{name}_vs_mobilenetv4_conv_small", (64, 32))
+    assert report["pt"] is None
+    meta = json.loads(Path(report["onnx"] + ".metadata.json").read_text())
+    assert meta["model_name"] == "resnet50" and meta["architecture"] == f"timm/{name}"
+    assert "crop contract" in meta["model_name_note"]
+    runtime = _runtime(report["onnx"])
+    assert tuple(runtime.model.input_shape) == (64, 32)
+    frame = np.random.default_rng(2).integers(0, 256, (64, 32, 3), dtype=np.uint8)
+    fx = FeatureExtractor(model, image_size=(64, 32), device="cpu", normalize=True)
+    assert _cosines(runtime([frame]), fx(frame, bgr=True))[0] >= 0.9999
 
 
 def test_other_normalisation_is_converted_inside_the_onnx_graph(tmp_path):
