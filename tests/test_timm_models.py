@@ -3,6 +3,7 @@ into a freshly built timm model, ONNX, gradients, costs, weights and config rule
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -270,6 +271,63 @@ def test_train_command_runs_a_timm_model_end_to_end(tiny_reid, tmp_path):
     x = _x()
     with torch.no_grad():
         torch.testing.assert_close(timm_embedding(net.eval(), x), model(x), atol=1e-5, rtol=0)
+
+
+TINY_RUN = [
+    "model.pretrained=false", "data.height=64", "data.width=32", "data.batch_size=8",
+    "data.test_batch_size=16", "data.workers=0", "train.fixbase_epoch=0", "test.vis_queries=0",
+]  # fmt: skip
+
+
+@pytest.mark.slow  # two short runs of a three-copy ConvNeXt: over 20 s on 2 cores
+def test_bnneck_triplet_per_branch_monitor_and_resume_work_for_timm_models(tiny_reid, tmp_path):
+    from reid_dhm.cli import train as train_tool
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "folder", "--root", str(tiny_reid), "--output-dir", str(out)]
+    argv += [
+        "model.name=timm/convnext_atto", "model.neck=bnneck", "loss.triplet_weight=1",
+        "data.sampler=identity", "data.num_instances=2", "test.per_branch=true",
+        "train.grad_monitor_every=1", "train.max_epoch=1", *TINY_RUN,
+    ]  # fmt: skip
+    assert train_tool.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    tables = results["folder"]
+    assert set(tables) == {"main", "aux1", "aux2"}  # every branch evaluated on its own
+    assert all(0 <= t["mAP"] <= 100 for t in tables.values())
+    monitored = results["grad_monitor"][0]
+    # gradients of every branch reach the timm stem stages the branches share
+    assert any(k.startswith("grad/cos/backbone.stages.0/") for k in monitored), monitored
+    assert all(math.isfinite(v) for k, v in monitored.items() if k != "epoch")
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and "tri/main" in ckpt["history"][0]
+    # resume from the folder to a longer schedule: epoch 2 continues, not restarts
+    assert train_tool.main(["--resume", str(out), "train.max_epoch=2"]) == 0
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and [h["epoch"] for h in ckpt["history"]] == [1, 2]
+    deployed = load_deployed(out / "deployed.pth")
+    assert isinstance(deployed, TimmWithNeck)
+
+
+@pytest.mark.slow  # a 2-process torchrun launch: over 20 s on 2 CPU cores
+def test_torchrun_trains_a_timm_model(tiny_reid, tmp_path):
+    from test_distributed import TORCHRUN, _run
+
+    out = tmp_path / "ddp"
+    cmd = [
+        *TORCHRUN, "2", "tools/train.py", "--dataset", "folder", "--root", str(tiny_reid),
+        "--output-dir", str(out), "model.name=timm/convnext_atto", "train.max_epoch=1",
+        *TINY_RUN,
+    ]  # fmt: skip
+    proc = _run(cmd)
+    assert "2 process(es)" in proc.stdout
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and not any(k.startswith("module.") for k in ckpt["state_dict"])
+    record = torch.load(out / "deployed.pth", weights_only=True)
+    net = timm.create_model(
+        record["timm_name"], num_classes=record["num_classes"], **record["timm_kwargs"]
+    )
+    net.load_state_dict(record["state_dict"], strict=True)
 
 
 def test_facts_are_read_off_timm_structure():
