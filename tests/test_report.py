@@ -6,6 +6,7 @@ The report is checked for contents, self-containment and in a real headless Chro
 
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from reid_dhm.data.reid_datasets import scan_split
 from reid_dhm.retrieval import cmc_at, evaluate
 from reid_dhm.retrieval.result import ReidEvaluation, SplitFeatures, evaluate_branches
 from reid_dhm.runs import evaluate_checkpoint
+from reid_dhm.utils.checkpoint import load_checkpoint
 from reid_dhm.viz.report import camera_pairs, write_report
 from reid_dhm.viz.tables import format_classification, format_reid
 
@@ -89,18 +91,13 @@ def test_camera_pairs_equal_evaluations_of_each_pair(tiny_reid):
     assert cell["rank1"] == pytest.approx(float(ref["cmc"][0]))
 
 
-def test_report_renders_in_headless_chromium(tiny_checkpoint, tiny_reid, tmp_path):
-    require_system(CHROMIUM, "chromium")
+def _open_in_chromium(page_path: Path, shot: Path) -> dict:
+    """Load ``page_path`` in headless Chromium (playwright) and report what happened:
+    console errors, every request made, the images that did not load, the metrics cells,
+    and a full-page screenshot at ``shot``."""
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "report"
-    evaluations = evaluate_checkpoint(
-        tiny_checkpoint, "folder", tiny_reid, per_branch=True, workers=0, report_dir=out
-    )
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["main", "aux1", "aux2"] and list(evaluations) == ["folder"]
-
-    problems, requests = [], []
+    seen = {"problems": [], "requests": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -109,33 +106,86 @@ def test_report_renders_in_headless_chromium(tiny_checkpoint, tiny_reid, tmp_pat
         )  # fmt: skip
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((out / "index.html").as_uri())
+            page.on("console", lambda m: m.type == "error" and seen["problems"].append(m.text))
+            page.on("pageerror", lambda e: seen["problems"].append(str(e)))
+            page.on("request", lambda r: seen["requests"].append(r.url))
+            page.goto(page_path.as_uri())
             page.wait_for_load_state("load")
-            assert page.evaluate("document.body.dataset.ready") == "1"  # the script ran
-            for branch, row in metrics.items():
-                for key in ("mAP", "mINP", "rank1"):
-                    cell = page.locator(f'td[data-metric="{key}"][data-branch="{branch}"]')
-                    assert cell.inner_text() == f"{100 * row[key]:.2f}"
-            broken = page.evaluate(
+            seen["ready"] = page.evaluate("document.body.dataset.ready")  # the script ran
+            seen["cells"] = page.evaluate(
+                "Object.fromEntries(Array.from(document.querySelectorAll('td[data-metric]'))"
+                ".map(c => [c.dataset.branch + '/' + c.dataset.metric, c.innerText]))"
+            )
+            seen["broken"] = page.evaluate(
                 "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
                 ".map(i => i.src)"
             )
-            assert broken == [] and page.evaluate("document.images.length") > 0
+            seen["images"] = page.evaluate("document.images.length")
+            seen["config"] = page.evaluate("document.getElementById('config').textContent")
             # Sorting by mAP (a click) reorders rows without errors.
             page.locator("#metrics th", has_text="mAP").first.click()
-            shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert problems == []
-    assert all(u.startswith(out.as_uri()) for u in requests), requests
+    return seen
+
+
+def _check_page(seen: dict, metrics: dict, shot: Path) -> None:
     from PIL import Image
 
+    assert seen["problems"] == [] and seen["ready"] == "1"
+    for branch, row in metrics.items():
+        for key in ("mAP", "mINP", "rank1"):
+            assert seen["cells"][f"{branch}/{key}"] == f"{100 * row[key]:.2f}"
+    assert seen["broken"] == [] and seen["images"] > 0
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape[0] > 900 and pixels.std() > 10  # not a blank page
+
+
+def test_report_renders_in_headless_chromium(tiny_checkpoint, tiny_reid, tmp_path):
+    require_system(CHROMIUM, "chromium")
+    out = tmp_path / "report"
+    evaluations = evaluate_checkpoint(
+        tiny_checkpoint, "folder", tiny_reid, per_branch=True, workers=0, report_dir=out
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["main", "aux1", "aux2"] and list(evaluations) == ["folder"]
+    seen = _open_in_chromium(out / "index.html", tmp_path / "report.png")
+    _check_page(seen, metrics, tmp_path / "report.png")
+    assert all(u.startswith(out.as_uri()) for u in seen["requests"]), seen["requests"]
+
+
+def test_single_file_report_needs_nothing_outside_itself(tiny_checkpoint, tiny_reid, tmp_path):
+    """``test --report R --single-file``: one file, whose config section is this
+    evaluation's settings (not the training's), loading nothing but itself in Chromium."""
+    require_system(CHROMIUM, "chromium")
+    from reid_dhm.cli.test import build_parser
+
+    args = build_parser().parse_args(
+        ["--checkpoint", str(tiny_checkpoint), "--dataset", "folder", "--root", str(tiny_reid),
+         "--per-branch", "--workers", "0", "--report", str(tmp_path / "rep"), "--single-file"]
+    )  # fmt: skip
+    evaluations = evaluate_checkpoint(**vars(args))
+    page = tmp_path / "rep.html"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep.html"]
+    text = page.read_text()
+    # Every source and link is inline; no CSS url() either.
+    refs = re.findall(r'(?:src|href)\s*=\s*["\']?([^"\' >]*)', text)
+    assert refs and all(r.startswith("data:image/jpeg;base64,") for r in refs), refs[:3]
+    assert "url(" not in text
+    # The training ran with test.per_branch=false, test.report=false; this evaluation
+    # ran with --per-branch and --report, and its config section says so.
+    trained = load_checkpoint(tiny_checkpoint)["config"]
+    assert trained["test"]["per_branch"] is False and trained["test"]["report"] is False
+    seen = _open_in_chromium(page, tmp_path / "single.png")
+    shown = json.loads(seen["config"])["test"]
+    assert shown["per_branch"] is True and shown["report"] is True
+    assert shown["metric"] == evaluations["folder"].metric
+    metrics = evaluations["folder"].table()
+    _check_page(seen, metrics, tmp_path / "single.png")
+    assert seen["requests"] and all(
+        u == page.as_uri() or u.startswith("data:") for u in seen["requests"]
+    ), seen["requests"]
 
 
 def _tiny_evaluation(tiny_reid, ranks=(1, 5, 10, 20), **kwargs):
@@ -213,8 +263,9 @@ def test_ranked_png_ranks_with_the_evaluation_metric(monkeypatch, tmp_path, tiny
     )  # fmt: skip
     ranked = {}
 
-    def capture(queries, gallery_paths, idx, matches, path, distances):
+    def capture(queries, gallery_paths, idx, matches, path, distances, **labels):
         ranked[metric] = idx[0].tolist()
+        assert labels["metric"] == metric and metric in labels["title"]
         assert queries == ["q.jpg"] and not matches.any() and np.isfinite(distances).all()
 
     monkeypatch.setattr(ranked_module, "plot_ranked_results", capture)
@@ -223,7 +274,8 @@ def test_ranked_png_ranks_with_the_evaluation_metric(monkeypatch, tmp_path, tiny
         ranked_module.write_ranked_png(ev, tmp_path / "ranked.png", queries=1, topk=2)
     assert ranked == {"euclidean": [0, 1], "cosine": [1, 0]}
 
-    # The real picture: a row per query, the query then its top-k tiles of 64 x 128.
+    # The real picture: a title, then a row per query, the query and its top-k tiles of
+    # 64 x 128 with their labels below.
     monkeypatch.undo()
     png = ranked_module.write_ranked_png(
         _tiny_evaluation(tiny_reid), tmp_path / "real.png", queries=3, topk=4
@@ -231,7 +283,11 @@ def test_ranked_png_ranks_with_the_evaluation_metric(monkeypatch, tmp_path, tiny
     from PIL import Image
 
     with Image.open(png) as img:
-        assert img.size == (4 + 64 + 32 + 4 * (64 + 4), 4 + 3 * (128 + 14 + 4))
+        width, height = img.size
+        rgb = np.asarray(img.convert("RGB"))
+    assert width > 64 + 4 * 64 and height > 3 * 128
+    green = (rgb[..., 1] > 140) & (rgb[..., 0] < 30) & (rgb[..., 2] < 30)
+    assert green.any()  # some true match is framed green (the legend's key at least)
 
 
 def test_test_tool_and_training_share_one_evaluator(tiny_reid, tmp_path, monkeypatch):

@@ -49,6 +49,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="write a self-contained HTML report (metrics, CMC, hardest queries with their "
         "top-k, camera pairs, config) into DIR; open DIR/index.html",
     )
+    p.add_argument(
+        "--single-file",
+        dest="report_single_file",
+        action="store_true",
+        default=False,
+        help="with --report: write the report as one HTML file with the thumbnails embedded "
+        "(DIR.html, or DIR itself when it ends in .html) instead of a folder",
+    )
     return p
 
 

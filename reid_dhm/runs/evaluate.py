@@ -32,6 +32,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     skip_bad_images: bool = False,
     report_dir: str | os.PathLike | None = None,
+    report_single_file: bool = False,
     output: str | os.PathLike | None = None,
     log: Callable[[str], object] = print,
 ) -> dict[str, ReidEvaluation]:
@@ -47,6 +48,8 @@ def evaluate_checkpoint(
         skip_bad_images: leave unreadable images out (with a warning), not fail.
         report_dir: also write the HTML report there (a sub-folder per split when the
             data set has several).
+        report_single_file: the report as one HTML file with embedded thumbnails
+            (``report_dir`` + ``.html``) instead of a folder.
         output: also write ``{split: table}`` as JSON there.
         log: where the tables and timing lines go.
 
@@ -74,7 +77,9 @@ def evaluate_checkpoint(
         log(describe(evaluation))
         if report_dir is not None:
             folder = Path(report_dir) if len(manager.test_loader) == 1 else Path(report_dir) / name
-            log(f"report: {_report(folder, evaluation, ckpt, checkpoint, root)}")
+            settings = {"per_branch": per_branch, "rerank": rerank, "ranks": list(ranks)}
+            page = _report(folder, evaluation, ckpt, checkpoint, root, settings, report_single_file)
+            log(f"report: {page}")
     if output is not None:
         _write_tables(output, evaluations)
     return evaluations
@@ -144,8 +149,11 @@ def _test_datamanager(data: Mapping, dataset, root, batch_size, workers, device,
     )
 
 
-def _report(folder: Path, evaluation: ReidEvaluation, ckpt: Mapping, checkpoint, root) -> Path:
-    """The HTML report of one split of a checkpoint's evaluation."""
+def _report(
+    folder: Path, evaluation: ReidEvaluation, ckpt: Mapping, checkpoint, root, settings, single
+) -> Path:
+    """The HTML report of one split of a checkpoint's evaluation; its config section
+    shows this evaluation's ``settings``, not the training's."""
     from ..viz.report import write_report
 
     return write_report(
@@ -158,6 +166,8 @@ def _report(folder: Path, evaluation: ReidEvaluation, ckpt: Mapping, checkpoint,
             "epochs trained": ckpt.get("epoch"),
         },
         config=ckpt.get("config") or None,
+        settings=settings,
+        single_file=single,
     )
 
 
