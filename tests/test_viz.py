@@ -187,7 +187,7 @@ def test_report_shows_the_first_true_match_beyond_the_topk(tmp_path):
                     "num_valid_queries": 1}}  # fmt: skip
     ev = ReidEvaluation("t", "euclidean", False, (1,), raw, query, gallery)
     text = write_report(tmp_path / "r.html", ev, topk=3, single_file=True).read_text()
-    assert "1st true match: rank 6" in text and "AP 16.7 %" in text
+    assert "1st true match<br>at rank 6" in text and "AP 16.7 %" in text
 
 
 def test_report_config_holds_the_evaluations_settings(tiny_reid):

@@ -56,7 +56,8 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:4px 8px;
 text-align:right}th{background:#f3f3f3;cursor:pointer}td.l,th.l{text-align:left}
 .q{display:flex;align-items:flex-start;gap:6px;margin:10px 0}.t{text-align:center;
-font-size:11px}.t img{display:block;border:3px solid #888}.true img{border-color:#1a9e1a}
+font-size:11px;width:72px}.t img{display:block;margin:0 auto;border:3px solid #888}
+.query{margin-right:14px}.miss{color:#d62020}.true img{border-color:#1a9e1a}
 .false img{border-color:#d62020}.junk img{border-color:#999;opacity:.55}
 .query img{border-color:#333}.meta{color:#555;font-size:13px}pre{background:#f7f7f7;
 padding:10px;overflow:auto;font-size:12px}.legend span{margin-right:14px}
@@ -448,7 +449,7 @@ def _hardest_section(
         src = thumbs.src(q.paths[qi], f"q{i}.jpg")
         miss = ""
         if first[i] is not None and first[i] > k:
-            miss = f'<br><span class="miss">1st true match: rank {first[i]}</span>'
+            miss = f'<br><span class="miss">1st true match<br>at rank {first[i]}</span>'
         cells = [
             f'<div class="t query" title="{html.escape(qname)}"><img src="{src}" '
             f'alt="{html.escape(qname)}">query<br>id {q.pids[qi]} '
