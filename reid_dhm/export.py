@@ -137,7 +137,12 @@ def export_onnx(
         atol, rtol: allowed difference, elementwise ``|ort - torch| <= atol + rtol |torch|``.
 
     Returns:
-        ``{'path', 'max_abs_diff', 'opset', 'input', 'output', 'embedding_dim', 'bytes'}``.
+        ``{'path', 'max_abs_diff', 'opset', 'input', 'output', 'embedding_dim', 'bytes',
+        'atol', 'rtol', 'checked_batches', 'normalization_baked_in',
+        'input_normalization', 'normalization'}``:
+        ``normalization_baked_in`` is True only when the graph holds a normalisation
+        step (not when ``input_normalization`` already equals ``normalize``);
+        ``normalization`` says which case applies in words.
 
     Raises:
         ValueError: an opset, tolerance or input size that cannot work, or ONNX
@@ -156,7 +161,9 @@ def export_onnx(
     net = bare.deployed_embedder().cpu().float().eval()
     if input_normalization is not None and normalize is None:
         raise ValueError("input_normalization needs normalize=(mean, std) of the model")
-    if normalize is not None and _as_pairs(normalize) != _as_pairs(input_normalization):
+    # Nothing to bake when the input already comes normalised as the model was trained.
+    baked = normalize is not None and _as_pairs(normalize) != _as_pairs(input_normalization)
+    if baked:
         net = NormalizedInput(net, *normalize, *(input_normalization or ())).eval()
     gen = torch.Generator().manual_seed(seed)
     example = torch.rand(2, 3, h, w, generator=gen)
@@ -197,12 +204,31 @@ def export_onnx(
         "output": ["embeddings", "batch", dim],
         "embedding_dim": dim,
         "bytes": path.stat().st_size,
-        "normalization_baked_in": normalize is not None,
+        "atol": atol,
+        "rtol": rtol,
+        "checked_batches": list(check_batches),
+        # True only when the graph holds a normalisation step (NormalizedInput).
+        "normalization_baked_in": baked,
         # What the graph's input must be: RGB in [0, 1], or RGB normalised by (mean, std).
         "input_normalization": (
             "rgb in [0, 1]" if unit else _as_pairs(input_normalization or normalize)
         ),
+        "normalization": _normalization_note(normalize, input_normalization),
     }
+
+
+def _normalization_note(normalize, input_normalization) -> str:
+    """Which of the three cases ``export_onnx`` exported, in words."""
+    if normalize is None:
+        return "not in the graph: feed images normalised with the model's mean / std"
+    if input_normalization is None:
+        return "baked into the graph: feed RGB in [0, 1]"
+    if _as_pairs(normalize) == _as_pairs(input_normalization):
+        return "the input's mean / std are the model's: nothing baked, feed them as they are"
+    return (
+        f"baked into the graph: input normalised with mean {list(input_normalization[0])} / "
+        f"std {list(input_normalization[1])}, converted to the model's"
+    )
 
 
 def _ort_session(ort, tmp: Path, opset: int, path: Path):

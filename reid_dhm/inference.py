@@ -179,9 +179,10 @@ class FeatureExtractor:
         self._std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> FeatureExtractor:
-        """Build from a reid_dhm checkpoint, with the preprocessing stored in it."""
-        ckpt = load_checkpoint(path)
+    def from_checkpoint(cls, path: str | os.PathLike | Mapping, **kwargs) -> FeatureExtractor:
+        """Build from a reid_dhm checkpoint (a file, or one already loaded), with the
+        preprocessing stored in it."""
+        ckpt = path if isinstance(path, Mapping) else load_checkpoint(path)
         kwargs.setdefault("preprocessing", Preprocessing.from_checkpoint(ckpt))
         kwargs.setdefault("max_image_pixels", trained_image_limit(ckpt))
         return cls(model_from_checkpoint(ckpt), **kwargs)

@@ -216,7 +216,7 @@ def test_export_writes_the_opset_it_reports(small_checkpoint, tmp_path, capsys):
 
     out = tmp_path / "m.onnx"
     argv = ["--checkpoint", str(small_checkpoint.parent), "--output", str(out), "--opset", "20"]
-    assert export_tool.main(argv) == 0  # a run folder, like train --resume takes
+    assert export_tool.main(argv + ["--json"]) == 0  # a run folder, like train --resume takes
     report = json.loads(capsys.readouterr().out)
     declared = {o.domain: o.version for o in onnx.load(str(out)).opset_import}
     assert report["opset"] == declared[""] == 20 and report["input"][3:] == [64, 32]

@@ -1,10 +1,11 @@
-"""What every command shares: one-line errors and exit statuses."""
+"""What every command shares: the --help layout, one-line errors and exit statuses."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,15 +13,53 @@ from ..config import ConfigError
 from ..runs.errors import RunStopped, UsageError, error_line
 from ..utils.io import OutputError
 
+# The --device option's help, one text for every command that has it.
+DEVICE_HELP = (
+    "where the network runs: auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:1 ..."
+)
+
+
+def show_default(value) -> str | None:
+    """How ``--help`` writes an option's default, or None when it has nothing to show.
+
+    None (no default: the help says what applies instead) and False (an off switch)
+    show nothing; a list is written as it is typed (``1 5 10``).
+    """
+    if value is None or value is False or value is argparse.SUPPRESS:
+        return None
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every option's default (argparse's ``ArgumentDefaultsHelpFormatter``
+    rule), minus the noise: no "(default: None)" / "(default: False)", nothing added
+    where the help already names its default, and the description laid out as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = show_default(action.default)
+        if shown is None or "default" in text:
+            return text
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+    def _split_lines(self, text, width):
+        # argparse's own wrapping, but a value such as "reid-data" is never split at its
+        # hyphen (a user copies it as it is printed).
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width,
+                             break_on_hyphens=False)  # fmt: skip
+
 
 def doc_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """A parser whose description is ``doc``'s first line and whose epilog is the rest
-    from the third line on, laid out as written (a module docstring's usage examples)."""
+    """The parser of every command: its description is ``doc``'s first line, its epilog
+    the rest from the third line on, laid out as written (a module docstring's usage
+    examples); ``--help`` shows each option's default (``HelpFormatter``)."""
     lines = doc.splitlines()
     return argparse.ArgumentParser(
         prog=prog,
         description=lines[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="\n".join(lines[2:]),
     )
 
@@ -82,6 +121,9 @@ def run_guarded(body, *args) -> int:
         if os.environ.get("REID_DHM_DEBUG"):
             raise
         return fail("interrupted (SIGINT); nothing half-written was left behind", 130)
+    except BrokenPipeError:  # stdout closed early (`reid-dhm ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush traceback
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipe
     except USER_ERRORS as err:
         if os.environ.get("REID_DHM_DEBUG"):
             raise
@@ -90,14 +132,17 @@ def run_guarded(body, *args) -> int:
 
 
 __all__ = [
+    "DEVICE_HELP",
     "USER_ERRORS",
     "ConfigError",
     "checkpoint_argument",
     "newest_checkpoint",
     "RunStopped",
     "UsageError",
+    "HelpFormatter",
     "doc_parser",
     "error_line",
     "fail",
     "run_guarded",
+    "show_default",
 ]

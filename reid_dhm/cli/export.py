@@ -10,12 +10,16 @@ they are, with no renaming or key surgery: <stem>.onnx with a <stem>.onnx.metada
 sidecar (input size; the graph takes BoxMOT's ImageNet-normalised crops), and, when
 BoxMOT has a backbone of the same layout (torchreid resnet* / mobilenetv2_x1_0 ...),
 <stem>.pt with its sidecar (never .pth, which BoxMOT refuses). The input size and
-normalisation come from the checkpoint's stored preprocessing.
+normalisation come from the checkpoint's stored preprocessing. It prints what was
+written, the opset, the normalisation and the largest ONNX Runtime - PyTorch difference
+found (--json: that report as JSON on stdout, for scripts).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from ..runs.export import FORMATS
 from .common import checkpoint_argument, doc_parser, run_guarded
@@ -33,17 +37,33 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="onnx: the .onnx file; boxmot: a path stem (a .onnx / .pt / .pth suffix is "
         "replaced by the files' own)",
     )
-    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="onnx",
+        help="onnx: one verified .onnx file; boxmot: the files BoxMOT's ReID backends load",
+    )
     p.add_argument("--height", type=int, help="input height (default: the checkpoint's)")
     p.add_argument("--width", type=int, help="input width (default: the checkpoint's)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (older ones are refused)")
+    p.add_argument("--opset", type=int, default=18,
+                   help="ONNX opset; older than 18 is refused (torch.onnx would silently write "
+                   "18)")  # fmt: skip
     p.add_argument(
         "--bake-normalization",
         action="store_true",
         help="onnx: include (x - mean) / std in the graph: feed RGB in [0, 1]",
     )
     p.add_argument(
-        "--atol", type=float, default=1e-4, help="allowed |ONNX Runtime - PyTorch| (>= 0)"
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="largest |ONNX Runtime - PyTorch| difference allowed per embedding value, plus "
+        "1e-3 x |value| (>= 0); a larger one writes nothing",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the export's report as JSON on stdout (the summary goes to stderr)",
     )
     return p
 
@@ -56,8 +76,14 @@ def export(args) -> None:
     # The export's own checks, before the checkpoint is read and the model built.
     check_opset(args.opset)
     TOLERANCE.check(args.atol, "--atol")
-    args.checkpoint = checkpoint_argument(args.checkpoint)
-    export_checkpoint(**vars(args))
+    options = vars(args)
+    as_json = options.pop("json")
+    options["checkpoint"] = checkpoint_argument(args.checkpoint)
+    # With --json, stdout holds the JSON alone.
+    log = (lambda line: print(line, file=sys.stderr)) if as_json else print
+    report = export_checkpoint(**options, log=log)
+    if as_json:
+        print(json.dumps(report, indent=1))
 
 
 def main(argv=None, prog: str | None = None) -> int:

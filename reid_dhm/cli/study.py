@@ -44,7 +44,7 @@ def build_parser(prog: str | None = None):
         "--runs-per-gpu",
         type=int,
         default=1,
-        help="trials sharing one GPU (fractional GPUs on Ray; default: %(default)s)",
+        help="trials sharing one GPU, fractional GPUs on Ray (default: %(default)s)",
     )
     p.add_argument("--gpus", type=int, help="GPUs to use (default: all CUDA devices seen)")
     p.add_argument("--settings", nargs="+", help="run only these settings")

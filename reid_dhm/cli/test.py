@@ -4,8 +4,7 @@
     python tools/test.py --checkpoint CKPT --dataset synthreid --per-branch --rerank
 
 Prints mAP, mINP and Rank-k for the main branch (every branch with --per-branch),
-ranked by reid_dhm.evaluate (exact Market-1501 protocol). The work is
-``reid_dhm.runs.evaluate.evaluate_checkpoint``; this module only parses arguments.
+ranked by reid_dhm.evaluate (exact Market-1501 protocol).
 """
 
 from __future__ import annotations
@@ -15,25 +14,33 @@ import argparse
 from ..data.reid_manager import REID_DATASETS
 from ..retrieval.validate import METRICS
 from ..utils.options import RANKS
-from .common import checkpoint_argument, run_guarded
+from .common import DEVICE_HELP, checkpoint_argument, doc_parser, run_guarded
 
 
+# The docstring is the --help text; the work is reid_dhm.runs.evaluate.evaluate_checkpoint.
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = doc_parser(__doc__, prog)
     p.add_argument(
         "--checkpoint",
         required=True,
         help="a reid_dhm checkpoint (checkpoint.pth), or a run folder (its newest valid one)",
     )
-    p.add_argument("--dataset", required=True, choices=REID_DATASETS)
-    p.add_argument("--root", default="reid-data", help="data root (folder: the folder itself)")
+    p.add_argument("--dataset", required=True, choices=REID_DATASETS,
+                   help="the data set whose query/gallery split is ranked")  # fmt: skip
+    p.add_argument(
+        "--root",
+        default="reid-data",
+        help="data root; with --dataset folder, the Market-layout folder itself",
+    )
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     p.add_argument("--per-branch", action="store_true", help="evaluate every branch")
     p.add_argument("--metric", choices=METRICS, default=None,
-                   help="distance (default: the one the model was trained with)")  # fmt: skip
+                   help="ranking distance (default: the checkpoint's own test.metric, the one "
+                   "its training evaluated with)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto", help="for the network and the ranking")
+    p.add_argument("--workers", type=int, default=2,
+                   help="image-loading worker processes; 0 loads in this process")  # fmt: skip
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP}; the ranking runs there too")
     p.add_argument(
         "--skip-bad-images",
         action="store_true",

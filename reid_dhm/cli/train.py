@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import PRESETS, config_changes, resolve_config
+from ..config import DEFAULTS, PRESETS, config_changes, resolve_config
 from ..runs.build import is_main_process
 from ..runs.folders import (
     EVAL_DIR,
@@ -44,10 +44,22 @@ from .common import UsageError, doc_parser, fail, newest_checkpoint, run_guarded
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = doc_parser(__doc__, prog)
-    p.add_argument("--dataset", help=f"one of {sorted(PRESETS)}")
+    p.add_argument(
+        "--dataset",
+        help=f"one of {sorted(PRESETS)}; its preset recipe is the base (default: the "
+        "--config's or --resume checkpoint's data.dataset)",
+    )
     p.add_argument("--config", help="YAML file with any config sections")
-    p.add_argument("--root", help="data root (folder: the Market-layout folder itself)")
-    p.add_argument("--output-dir", help="where checkpoints, logs and plots go")
+    p.add_argument(
+        "--root",
+        help=f"data root; with --dataset folder, the Market-layout folder itself (default: "
+        f"the config's data.root, {DEFAULTS['data']['root']})",
+    )
+    p.add_argument(
+        "--output-dir",
+        help="where checkpoints, logs and plots go (default: log/<dataset>/<model>-<mode>; "
+        "resuming: the checkpoint's folder)",
+    )
     p.add_argument(
         "--resume",
         help="checkpoint to continue from (or to evaluate); a run folder (its newest valid "
@@ -55,7 +67,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "if any (else a new run starts)",
     )
     p.add_argument("--eval-only", action="store_true", help="only evaluate --resume")
-    p.add_argument("--model", help="model registry name (same as model.name=NAME)")
+    p.add_argument(
+        "--model",
+        help="model registry name, same as model.name=NAME (default: the preset's or "
+        "--config's model.name)",
+    )
     p.add_argument(
         "--seeds",
         type=int,

@@ -8,6 +8,10 @@ the gallery for every query (optionally k-reciprocal re-ranked) and writes
 (``<pid>_c<camera>...``) keep their identity and camera, so the PNG marks correct
 matches green and wrong ones red.
 
+The distance is ``--metric`` when given, else a saved index's own, else the one the
+checkpoint's training evaluated with (its ``test.metric``), so that ``retrieve`` ranks
+as ``reid-dhm test`` does; the log says which applies.
+
 Error messages name the ``reid-dhm retrieve`` options (``--topk``, ``--kind`` ...),
 which are this function's keyword arguments of the same name.
 """
@@ -28,6 +32,10 @@ import numpy as np
 PNG_QUERIES = 16
 CSV_COLUMNS = ("query", "rank", "gallery", "distance", "pid", "camid")
 RERANK_NOTE = "distances are k-reciprocal re-ranked distances (k1=20, k2=6, lambda=0.3)"
+# What a distance of each metric is (GalleryIndex's: smaller is closer for both).
+METRIC_MEANING = {"cosine": "1 - cosine similarity", "euclidean": "squared L2"}
+# The console shows the first few queries' best hits; results.csv holds them all.
+PREVIEW_QUERIES, PREVIEW_HITS = 3, 5
 
 
 @dataclass
@@ -39,12 +47,14 @@ class Retrieval:
             first (what ``results.json`` holds).
         search: the ``SearchResult`` behind it (Q x k arrays).
         output_dir: the folder written; files: the names written there.
+        metric: the distance that ranked (``'cosine'`` / ``'euclidean'``).
     """
 
     ranked: dict[str, list[dict]]
     search: object
     output_dir: Path
     files: list[str] = field(default_factory=list)
+    metric: str = "cosine"
 
 
 def parse_identity(path: str | os.PathLike) -> tuple[int, int]:
@@ -70,11 +80,35 @@ def check_retrieve_args(topk: int, gallery, save_index=None, kind: str | None = 
                 )
 
 
-def load_gallery_index(source: Path, extractor, metric: str, rerank: bool, log=print):
-    """(GalleryIndex, its vectors when ``rerank`` needs them, else None) from a saved index."""
+def pick_metric(metric: str | None, ckpt, index_metric: str | None = None) -> tuple[str, str]:
+    """(the metric that ranks, why): ``metric`` (``--metric``) when given, else a saved
+    index's own (``index_metric``), else the checkpoint's ``test.metric``."""
+    from .evaluate import trained_metric
+
+    if metric is not None:
+        return metric, "--metric"
+    if index_metric is not None:
+        return index_metric, "the saved index's own metric"
+    return (
+        trained_metric(ckpt.get("config") or {}),
+        "the checkpoint's test.metric, the one `reid-dhm test` ranks by; --metric changes it",
+    )
+
+
+def load_gallery_index(source: Path, extractor, metric: str | None, rerank: bool, log=print):
+    """(GalleryIndex, its vectors when ``rerank`` needs them, else None) from a saved index.
+
+    ``metric`` None takes the index's own; another than the index's is a ValueError (a
+    saved index's distances are fixed).
+    """
     from ..retrieval import GalleryIndex
 
-    index = GalleryIndex.load(source, dim=extractor.feature_dim, metric=metric)
+    index = GalleryIndex.load(source, dim=extractor.feature_dim)
+    if metric is not None and metric != index.metric:
+        raise ValueError(
+            f"--metric {metric}: the saved index {source} ranks by {index.metric} distance; "
+            f"drop --metric, or give the gallery folder to index it by {metric}"
+        )
     log(f"gallery: {len(index)} entries from {source}")
     if not rerank:
         return index, None
@@ -188,8 +222,9 @@ def png_rows(result, queries) -> tuple[int, int, str | None]:
     return shown, cols, None
 
 
-def write_png(out: Path, result, queries: list[str], log=print) -> list[str]:
-    """``results.png`` (the first queries' top hits) when the tiles have image files."""
+def write_png(out: Path, result, queries: list[str], log=print, metric=None) -> list[str]:
+    """``results.png`` (the first queries' top hits) when the tiles have image files;
+    ``metric`` names the distances printed under the tiles."""
     from ..viz.ranked import plot_ranked_results
 
     shown, cols, note = png_rows(result, queries)
@@ -202,12 +237,38 @@ def write_png(out: Path, result, queries: list[str], log=print) -> list[str]:
         plot_ranked_results(
             queries[:shown], list(result.paths[:shown, :cols].ravel()),
             np.arange(shown * cols).reshape(shown, cols), matches, out / "results.png",
-            distances=result.distances[:shown, :cols],
+            distances=result.distances[:shown, :cols], metric=metric,
         )  # fmt: skip
         written.append("results.png")
     if note:
         log(f"PNG: {note}" if cols else f"no PNG: {note}")
     return written
+
+
+def format_preview(ranked: dict[str, list[dict]], distance: str) -> str:
+    """The first queries' best hits, distances to 4 significant digits (so neighbours
+    differ), ``match`` where the file names give both the same identity.
+
+    Args:
+        ranked: ``ranked_hits``'s lists; distance: what the distances are, for the header.
+    """
+    shown = list(ranked.items())[:PREVIEW_QUERIES]
+    hits = min(PREVIEW_HITS, max((len(h) for _, h in shown), default=0))
+    lines = [
+        f"best {hits} of {'the first ' if len(ranked) > len(shown) else ''}{len(shown)} "
+        f"quer{'ies' if len(shown) > 1 else 'y'} ({distance}, smaller is closer; every hit "
+        "in results.csv):"
+    ]
+    for query, found in shown:
+        pid = parse_identity(query)[0]
+        lines.append(f"  {Path(query).name}")
+        for hit in found[:hits]:
+            same = pid >= 0 and hit["pid"] == pid
+            name = Path(hit["gallery"]).name if hit["gallery"] else f"(entry {hit['rank']})"
+            lines.append(
+                f"    {hit['rank']:>3}  {hit['distance']:<10.4g} {name}{'  match' if same else ''}"
+            )
+    return "\n".join(lines)
 
 
 def retrieve_folder(
@@ -217,7 +278,7 @@ def retrieve_folder(
     output_dir: str | os.PathLike = "retrieval",
     *,
     topk: int = 10,
-    metric: str = "cosine",
+    metric: str | None = None,
     kind: str | None = None,
     save_index: str | os.PathLike | None = None,
     rerank: bool = False,
@@ -233,9 +294,11 @@ def retrieve_folder(
         gallery: a folder of images (embedded and indexed here) or a saved
             ``GalleryIndex`` file.
         output_dir: where ``results.csv`` / ``.json`` / ``.png`` go (created).
-        topk: hits per query (at most the gallery's size); metric: ``'cosine'`` or
-            ``'euclidean'``; kind: the faiss index built for a gallery folder
-            (default ``'flat'``); save_index: also save a folder's index there.
+        topk: hits per query (at most the gallery's size).
+        metric: ``'cosine'`` or ``'euclidean'``; None: a saved index's own, else the
+            checkpoint's ``test.metric`` (how ``reid-dhm test`` ranks).
+        kind: the faiss index built for a gallery folder (default ``'flat'``);
+            save_index: also save a folder's index there.
         rerank: k-reciprocal re-ranking (needs the gallery features: a folder, or a
             saved flat / hnsw index).
         batch_size, device: of the feature extractor.
@@ -245,6 +308,7 @@ def retrieve_folder(
         A :class:`Retrieval`.
     """
     from ..inference import FeatureExtractor, list_images
+    from ..utils.checkpoint import load_checkpoint
     from ..utils.io import check_output_dir
 
     check_retrieve_args(topk, gallery, save_index, kind)
@@ -252,24 +316,39 @@ def retrieve_folder(
     out = check_output_dir(output_dir, "--output-dir")
     if save_index:
         check_output_dir(Path(save_index).absolute().parent, "--save-index's folder")
-    extractor = FeatureExtractor.from_checkpoint(checkpoint, batch_size=batch_size, device=device)
+    ckpt = load_checkpoint(checkpoint)
+    extractor = FeatureExtractor.from_checkpoint(ckpt, batch_size=batch_size, device=device)
     queries = list_images(query)  # a bad query path fails before the gallery is embedded
     source = Path(gallery)
     if source.is_file():
         index, gallery_feats = load_gallery_index(source, extractor, metric, rerank, log)
+        metric, why = pick_metric(metric, ckpt, index.metric)
     else:
+        metric, why = pick_metric(metric, ckpt)
         index, gallery_feats = build_gallery_index(
             source, extractor, metric, kind, save_index, rerank, log
         )
+    log(f"ranking by {metric} distance ({METRIC_MEANING[metric]}): {why}")
     qf = extractor(queries)
     k = min(topk, len(index))
     result = rerank_search(index, qf, gallery_feats, k) if rerank else index.search(qf, k)
     ranked = ranked_hits(result, queries)
-    written = write_tables(out, ranked) + write_png(out, result, queries, log)
+    shown_metric = "re-ranked" if rerank else metric
+    written = write_tables(out, ranked) + write_png(out, result, queries, log, shown_metric)
+    meaning = f"{metric} distance: {METRIC_MEANING[metric]}"
+    log(format_preview(ranked, "re-ranked distance" if rerank else meaning))
     if rerank:
         log(RERANK_NOTE)
     log(f"{len(queries)} queries ranked; wrote {', '.join(written)} in {out}")
-    return Retrieval(ranked, result, out, written)
+    return Retrieval(ranked, result, out, written, metric)
 
 
-__all__ = ["PNG_QUERIES", "Retrieval", "parse_identity", "png_rows", "retrieve_folder"]
+__all__ = [
+    "PNG_QUERIES",
+    "Retrieval",
+    "format_preview",
+    "parse_identity",
+    "pick_metric",
+    "png_rows",
+    "retrieve_folder",
+]

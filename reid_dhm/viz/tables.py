@@ -58,7 +58,8 @@ def format_costs(name: str, size: tuple[int, int], rows: Mapping, num_classes: i
     lines = [
         f"{name} @ {size[0]}x{size[1]}, {num_classes} classes "
         "(forward, one image; FLOPs = 2 x multiply-adds)",
-        "rows count embedding networks (stages + pooling); classifiers are listed apart",
+        "Each branch row counts the layers that compute its embedding (stages and pooling);\n"
+        "the classifiers, used only in training, are counted on their own row at the end.",
         f"{'branch':<24}{'params (M)':>12}{'GFLOPs':>10}",
         rule,
     ]
