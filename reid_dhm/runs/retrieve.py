@@ -238,6 +238,9 @@ def write_png(out: Path, result, queries: list[str], log=print, metric=None) -> 
             queries[:shown], list(result.paths[:shown, :cols].ravel()),
             np.arange(shown * cols).reshape(shown, cols), matches, out / "results.png",
             distances=result.distances[:shown, :cols], metric=metric,
+            title=f"{len(queries)} quer{'ies' if len(queries) > 1 else 'y'} ranked"
+            f"{'' if shown == len(queries) else f' (the first {shown} shown)'}: top {cols} by "
+            f"{metric} distance",
         )  # fmt: skip
         written.append("results.png")
     if note:
@@ -255,7 +258,7 @@ def format_preview(ranked: dict[str, list[dict]], distance: str) -> str:
     shown = list(ranked.items())[:PREVIEW_QUERIES]
     hits = min(PREVIEW_HITS, max((len(h) for _, h in shown), default=0))
     lines = [
-        f"best {hits} of {'the first ' if len(ranked) > len(shown) else ''}{len(shown)} "
+        f"best {hits} hits of {'the first ' if len(ranked) > len(shown) else ''}{len(shown)} "
         f"quer{'ies' if len(shown) > 1 else 'y'} ({distance}, smaller is closer; every hit "
         "in results.csv):"
     ]
