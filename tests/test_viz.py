@@ -31,7 +31,7 @@ def test_ranked_labels_name_cameras_as_the_files_and_distances_differ():
     labels = ranked_labels(queries, gallery, ranked, distances, "cosine", first_match=[None, 17])
     # Cameras as the file names count them (torchreid's camid would be 1 for c2).
     assert labels.query[0] == ["query", "id 198 c2"]
-    assert labels.query[1] == ["query", "id 7 c6", "1st match #17"]
+    assert labels.query[1] == ["query", "id 7 c6", "1st match: rank 17"]
     assert labels.tiles[0][0] == ["1: id 198 c5", "cosine 0.0123"]
     assert labels.tiles[0][1] == ["2: id 42 c1", "cosine 0.0124"]
     # A name without the Market layout is shown as (the start of) its name.

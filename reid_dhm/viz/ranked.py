@@ -78,7 +78,7 @@ def ranked_labels(
     for i, row in enumerate(np.asarray(ranked)):
         lines = ["query", image_label(query_paths[i])]
         if first_match is not None and first_match[i] is not None:
-            lines.append(f"1st match #{first_match[i]}")
+            lines.append(f"1st match: rank {first_match[i]}")
         queries.append(lines)
         cells = []
         for j, g in enumerate(row):
