@@ -217,3 +217,10 @@ def test_report_forms(tiny_reid, tmp_path, single):
     assert len(sources) == 2 * (1 + 3)
     prefix = "data:image/jpeg;base64," if single else "images/"
     assert all(s.startswith(prefix) for s in sources)
+
+
+def test_classification_evaluation_lists_the_main_branch_first():
+    hist = [{"epoch": e, "loss": 1.0, "test/aux1/top1_err": 30.0, "test/top5_err": 5.0,
+             "test/top1_err": 20.0} for e in (1, 2)]  # fmt: skip
+    labels = [label for _, label in dict(curve_panels(hist))["evaluation (%)"]]
+    assert labels == ["top-1 error", "top-5 error", "aux1 top-1 error"]

@@ -41,14 +41,18 @@ def _series(keys: Sequence[str], prefix: str) -> list[tuple[str, str]]:
 
 
 def _test_series(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """(key, label) of the evaluation fields: the main branch's (``test/<field>``)
+    first, then other branches' (``test/<branch>/<field>``) in branch order."""
     out = []
     for k in keys:
         if not k.startswith("test/"):
             continue
         *branch, field = k.split("/")[1:]
         name = _TEST_NAMES.get(field, field)
-        out.append((k, f"{branch[0]} {name}" if branch else name))
-    return out
+        rank = list(_TEST_NAMES).index(field) if field in _TEST_NAMES else len(_TEST_NAMES)
+        order = (bool(branch), _branch_key(branch[0]) if branch else (), rank)
+        out.append((order, k, f"{branch[0]} {name}" if branch else name))
+    return [(k, label) for _, k, label in sorted(out)]
 
 
 def curve_panels(history: Sequence[Mapping]) -> list[tuple[str, list[tuple[str, str]]]]:
