@@ -149,6 +149,10 @@ class DataSection(Section):
     batch_size: Annotated[Int, ONE_OR_MORE] = 32
     test_batch_size: Annotated[Int, ONE_OR_MORE] = 100
     workers: Annotated[Int, NONE_OR_MORE] = 4
+    # where training augmentation runs: pil (torchreid's transforms in the workers) |
+    # tensor (workers decode to uint8, the same augmentation batched on the device) |
+    # auto (tensor on CUDA, pil elsewhere)
+    augment: Annotated[Str, one_of(_owned("data.device_augment", "AUGMENT_MODES")), REID] = "auto"
     sampler: Annotated[Str, one_of(opt.SAMPLERS), REID] = "random"
     num_instances: Annotated[Int, ONE_OR_MORE, REID] = 4
     combineall: Annotated[Bool, REID] = False
@@ -225,7 +229,10 @@ class TrainSection(Section):
     print_freq: Int = 20
     eval_freq: Int = -1
     device: Str = "auto"
-    amp: Annotated[Str, one_of(_owned("engines.amp", "AMP_MODES"))] = "none"
+    # auto: bf16 on a CUDA device that supports it, none elsewhere
+    amp: Annotated[Str, one_of(_owned("engines.amp", "AMP_MODES"))] = "auto"
+    # torch.compile the model: none | default | reduce-overhead (CUDA graphs)
+    compile: Annotated[Str, one_of(_owned("engines.accel", "COMPILE_MODES"))] = "none"
     # classification under torchrun on CUDA: SyncBatchNorm over all GPUs
     sync_bn: Annotated[Bool, CLASSIFICATION] = False
     # every N iterations: cosine of the branches' gradients on the shared stem (0 = off)

@@ -6,13 +6,23 @@ import contextlib
 
 import torch
 
-AMP_MODES = ("none", "bf16", "fp16")
+# auto: bf16 on a CUDA device that supports it (Ampere and later), none elsewhere.
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``'auto'`` as the mode it means on ``device``; other modes unchanged."""
+    if amp != "auto":
+        return amp
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "none"
 
 
 def check_amp(amp: str, device: torch.device) -> str:
-    """Validate a mixed-precision mode for ``device``; returns it."""
+    """Validate a mixed-precision mode for ``device``; returns it (``'auto'`` resolved)."""
     if amp not in AMP_MODES:
         raise ValueError(f"unknown amp mode {amp!r}; valid modes are {list(AMP_MODES)}")
+    amp = resolve_amp(amp, device)
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(
             f"amp='fp16' needs a CUDA device (float16 autocast with a GradScaler); the model is "
@@ -23,6 +33,7 @@ def check_amp(amp: str, device: torch.device) -> str:
 
 def autocast(amp: str, device: torch.device):
     """The autocast context for ``amp`` (a no-op context for ``'none'``)."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -40,4 +51,4 @@ def backward_step(loss, optimizer: torch.optim.Optimizer, scaler=None) -> None:
         optimizer.step()
 
 
-__all__ = ["AMP_MODES", "autocast", "backward_step", "check_amp"]
+__all__ = ["AMP_MODES", "autocast", "backward_step", "check_amp", "resolve_amp"]

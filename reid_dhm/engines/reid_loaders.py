@@ -15,11 +15,14 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 from torchreid.reid.data.sampler import RandomIdentitySampler
 
+from ..data.device_augment import BatchAugment, WorkerTransform, resolve_augment, train_steps
 from ..utils.options import check_identity_batch
 from . import distributed as dist
+from .prefetch import DeviceLoader
 from .seeding import EpochIndexSampler, EpochSeededDataset, ignore_stop_signals
 
 
@@ -99,8 +102,27 @@ def warn_short_identities(items, num_instances: int) -> list[int]:
     return short
 
 
+class AugmentImages:
+    """Batch transform of the tensor path: ``batch['img']`` = (uint8 images, parameters)
+    from the workers' ``WorkerTransform`` -> the augmented float32 images."""
+
+    def __init__(self, augment: BatchAugment):
+        self.augment = augment
+
+    def __call__(self, batch: dict) -> dict:
+        images, params = batch["img"]
+        return {**batch, "img": self.augment(images, params)}
+
+
 def reid_train_loader(
-    manager, batch_size: int, sampler: str = "random", num_instances: int = 4, seed: int = 0
+    manager,
+    batch_size: int,
+    sampler: str = "random",
+    num_instances: int = 4,
+    seed: int = 0,
+    *,
+    augment: str = "pil",
+    device: torch.device | None = None,
 ):
     """Replace ``manager.train_loader`` by one whose order depends only on (seed, epoch).
 
@@ -108,10 +130,19 @@ def reid_train_loader(
         manager: a torchreid ``ImageDataManager``.
         batch_size: the GLOBAL batch size (split evenly over processes).
         sampler: ``'random'`` or ``'identity'`` (``num_instances`` images per identity).
+        augment: ``'pil'`` (torchreid's train transform in the workers), ``'tensor'``
+            (workers decode to uint8 and draw the augmentation's parameters; the same
+            augmentation runs batched on ``device``, ``data.device_augment``) or
+            ``'auto'`` (tensor on CUDA, else pil).
+        device: the training device. On CUDA, or with tensor augmentation, the loader
+            is a ``DeviceLoader``: batches arrive on the device, the next one copied
+            (and augmented) on a side stream while the current one trains.
 
     Returns:
         The sampler; the engine calls its ``set_epoch`` every epoch.
     """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    augment = resolve_augment(augment, device)
     old = manager.train_loader
     dataset = old.dataset
     per_process = dist.per_process_batch(batch_size)
@@ -125,7 +156,12 @@ def reid_train_loader(
     # Augmentation seeded per (seed, epoch, sample): any worker count, persistent
     # workers and resumed runs draw the same crops and flips.
     chosen = EpochIndexSampler(chosen)
-    manager.train_loader = DataLoader(
+    on_device = None
+    if augment == "tensor":
+        steps = train_steps(dataset.transform)  # the run's own torchreid transform
+        dataset.transform = WorkerTransform(steps)
+        on_device = AugmentImages(BatchAugment(steps))
+    loader = DataLoader(
         EpochSeededDataset(dataset, seed),
         batch_size=per_process,
         sampler=chosen,
@@ -135,6 +171,9 @@ def reid_train_loader(
         persistent_workers=old.num_workers > 0,
         worker_init_fn=ignore_stop_signals,
     )
+    if device.type == "cuda" or on_device is not None:
+        loader = DeviceLoader(loader, device, on_device)
+    manager.train_loader = loader
     return chosen
 
 

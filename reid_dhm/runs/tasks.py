@@ -45,8 +45,9 @@ class ReidSetup:
                 **reid_data_kwargs(cfg), pin_memory=info.device.type == "cuda"
             )
         reid_train_loader(
-            self.manager, d["batch_size"], d["sampler"], d["num_instances"], cfg["train"]["seed"]
-        )
+            self.manager, d["batch_size"], d["sampler"], d["num_instances"], cfg["train"]["seed"],
+            augment=d["augment"], device=info.device,
+        )  # fmt: skip
         self.num_classes = self.manager.num_train_pids
         self.task = None
 

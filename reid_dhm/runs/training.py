@@ -144,6 +144,10 @@ def run_in_process(cfg, info, ckpt, eval_only: bool, should_stop=None) -> RunRes
     model, model_name = model_for_run(cfg, ckpt, setup.num_classes, setup.what)
     setup.adapt_model(model)
     model = model.to(info.device)
+    if not eval_only:  # channels_last on CUDA, train.compile
+        from ..engines.accel import prepare_model
+
+        prepare_model(model, info.device, cfg["train"]["compile"])
     parts = _training_parts(cfg, model, ckpt, eval_only, info)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
