@@ -11,8 +11,10 @@ Four parts (``--parts``), each against its floor:
   run function: loader, augmentation, step, hooks) on a Market-layout folder it
   generates (synthreid) or ``--root``, the second epoch's time, vs the step-only rate of
   the same model, loss, amp and batch;
-* ``loader``: the training loader alone (decode, augmentation, collation; no model),
-  images/s for each ``--workers`` count, vs the end-to-end rate;
+* ``loader``: the training loader alone (decode, augmentation, collation, the copy to
+  the device; no model), images/s for each ``--workers`` count and each ``data.augment``
+  path (``pil``: torchreid's transforms in the workers; ``tensor``: uint8 from the
+  workers, augmentation batched on the device), vs the best end-to-end rate;
 * ``eval``: ``evaluate`` (the default ranking for the device, and each ranking) vs the
   floor of the same blocks: distances + a full stable ``torch.sort`` of every row, and
   the bare distance blocks; Market size (3,368 x 15,913 x 2,048) and Market + 500k
@@ -47,6 +49,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_dhm import DHMLoss, build_model  # noqa: E402
+from reid_dhm.engines.accel import prepare_model  # noqa: E402
 from reid_dhm.engines.amp import autocast  # noqa: E402
 from reid_dhm.engines.optim import build_optimizer  # noqa: E402
 from reid_dhm.engines.trainer import Trainer  # noqa: E402
@@ -119,21 +122,16 @@ def torchvision_step(name, classes, device, amp, channels_last):
     return epoch
 
 
-def toolkit_step(name, mode, classes, device, amp, channels_last, compile_mode):
-    """This toolkit's model and loss through the engine's ``Trainer.train_epoch``."""
-    model = build_model(name, classes).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile_mode != "none":
-        model.compile(mode=None if compile_mode == "default" else compile_mode)
+def toolkit_step(name, mode, classes, device, amp, compile_mode):
+    """This toolkit's model and loss through the engine's ``Trainer.train_epoch``, the
+    model prepared as a run prepares it (channels_last on CUDA, ``train.compile``)."""
+    model = prepare_model(build_model(name, classes).to(device), device, compile_mode)
     opt = build_optimizer(model, "amsgrad", lr=3e-4)
     crit = DHMLoss(mode, label_smooth=0.1)
     trainer = None
 
     def epoch(x, y, n):
         nonlocal trainer
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         task = ResidentTask(x, y, n)
         trainer = Trainer(task, model, crit, opt, None, max_epoch=1, amp=amp)
         trainer.train_epoch(0)
@@ -156,7 +154,7 @@ def step_setups(args, device) -> dict:
                     continue
                 for comp in args.compile:
                     setups[("toolkit", base, mode, amp, comp)] = toolkit_step(
-                        prefix + base, mode, args.classes, device, amp, cl, comp
+                        prefix + base, mode, args.classes, device, amp, comp
                     )
     return setups
 
@@ -215,7 +213,7 @@ def run_config(args, root: Path, base: str, mode: str, amp: str, out: Path) -> d
         f"train.device={args.device}", "train.print_freq=1000000", "test.vis_queries=0",
         f"data.batch_size={args.batch}", f"data.height={args.height}",
         f"data.width={args.width}", f"data.workers={args.e2e_workers}",
-        f"data.root={root}", "scheduler.name=constant",
+        f"data.root={root}", "scheduler.name=constant", f"data.transforms={args.transforms}",
     ]  # fmt: skip
     cfg = resolve_config("folder", None, overrides)
     cfg["output_dir"] = str(out)
@@ -252,34 +250,35 @@ def part_e2e(args, device, work: Path, steps: dict) -> dict:
 
 # ----------------------------------------------------------------------- loader
 def part_loader(args, device, root: Path, e2e: dict) -> None:
-    """One epoch of the training loader alone, per worker count (second epoch timed:
-    persistent workers are up by then)."""
+    """One epoch of the training loader alone (no model), per worker count and
+    ``data.augment`` path: images/s of augmented float batches on the device. The
+    second epoch is timed (persistent workers are up by then)."""
     from reid_dhm.data.reid_manager import build_reid_datamanager
     from reid_dhm.engines.reid_loaders import reid_train_loader
 
     ref = max(e2e.values()) if e2e else None
-    for workers in args.workers:
-        with contextlib.redirect_stdout(io.StringIO()):
-            manager = build_reid_datamanager(
-                "folder", root, args.height, args.width, batch_size=args.batch,
-                workers=workers, pin_memory=device.type == "cuda",
+    for augment in ("pil", "tensor"):
+        for workers in args.workers:
+            with contextlib.redirect_stdout(io.StringIO()):
+                manager = build_reid_datamanager(
+                    "folder", root, args.height, args.width, transforms=args.transforms,
+                    batch_size=args.batch, workers=workers, pin_memory=device.type == "cuda",
+                )  # fmt: skip
+            sampler = reid_train_loader(manager, args.batch, augment=augment, device=device)
+            seen, seconds = 0, 0.0
+            for epoch in range(2):
+                sampler.set_epoch(epoch)
+                t, seen = time.perf_counter(), 0
+                for batch in manager.train_loader:
+                    images = batch["img"].to(device, non_blocking=True)
+                    seen += images.shape[0]
+                sync(device)
+                seconds = time.perf_counter() - t
+            rate = seen / seconds
+            add_row(
+                "loader", f"augment={augment}, {workers} workers", rate, "images/s",
+                rate / ref if ref else None, "best e2e training rate" if ref else "",
             )  # fmt: skip
-        sampler = reid_train_loader(manager, args.batch)
-        loader = manager.train_loader
-        seen, seconds = 0, 0.0
-        for epoch in range(2):
-            sampler.set_epoch(epoch)
-            t, seen = time.perf_counter(), 0
-            for batch in loader:
-                images = batch["img"].to(device, non_blocking=True)
-                seen += images.shape[0]
-            sync(device)
-            seconds = time.perf_counter() - t
-        rate = seen / seconds
-        add_row(
-            "loader", f"{workers} workers", rate, "images/s",
-            rate / ref if ref else None, "best e2e training rate" if ref else "",
-        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------- eval
@@ -397,6 +396,10 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=2, help="e2e epochs (the last is timed)")
     p.add_argument("--e2e-workers", type=int, default=None)
     p.add_argument("--workers", default=None, help="loader part: worker counts")
+    p.add_argument(
+        "--transforms", default="random_flip,random_crop",
+        help="training augmentations (e2e and loader parts)",
+    )  # fmt: skip
     p.add_argument("--distractors", type=int, default=500_000)
     p.add_argument("--threads", type=int, default=None, help="CPU torch threads (tiny: 1)")
     p.add_argument("--json", default=None, help="also write the rows here")
@@ -418,6 +421,7 @@ def parse_args(argv=None):
     args.amp = args.amp.split(",") if args.amp else None
     args.compile = args.compile.split(",")
     args.workers = [int(w) for w in args.workers.split(",")]
+    args.transforms = args.transforms.split(",")
     args.parts = set(args.parts.split(","))
     return args
 

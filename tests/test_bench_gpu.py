@@ -68,5 +68,7 @@ def test_tiny_run_prints_every_part(tmp_path):
         "baseline mobilenetv2 fp32, 2 workers",
         "dhm mobilenetv2 fp32, 2 workers",
     ]
-    assert by_part["loader"] == ["0 workers", "2 workers"]
+    assert by_part["loader"] == [
+        f"augment={a}, {w} workers" for a in ("pil", "tensor") for w in (0, 2)
+    ]
     check_positive(rows, table_rows(stdout))
