@@ -184,7 +184,7 @@ class BatchAugment:
         self.fill = None
         if erase is not None:
             self.fill = torch.tensor(erase.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._tap_cache: dict = {}
+        self._device_cache: dict = {}  # device copies of constants and crop taps
 
     def __call__(self, images: Tensor, params: Tensor) -> Tensor:
         x = images.float()
@@ -195,11 +195,20 @@ class BatchAugment:
             x = self._crop(x, p)
         if self.jitter:
             x = self._jitter(x, p)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        mean, std, fill = self._constants(x.device)
         x = x.div_(255).sub_(mean).div_(std)  # ToTensor, then Normalize
-        if self.fill is not None:
-            x = self._erase(x, p, self.fill.to(x.device))
+        if fill is not None:
+            x = self._erase(x, p, fill)
         return x
+
+    def _constants(self, device) -> tuple:
+        """mean, std and the erasing fill on ``device``, copied there once (a copy from
+        pageable host memory every batch would be a host sync every batch)."""
+        key = ("constants", str(device))
+        if key not in self._device_cache:
+            fill = None if self.fill is None else self.fill.to(device)
+            self._device_cache[key] = (self.mean.to(device), self.std.to(device), fill)
+        return self._device_cache[key]
 
     def _crop(self, x: Tensor, p: Tensor) -> Tensor:
         """Random2DTranslation on the samples that drew it: PIL's bilinear enlargement
@@ -216,11 +225,11 @@ class BatchAugment:
 
     def _taps(self, size: int, big: int, device) -> tuple[Tensor, Tensor]:
         key = (size, big, str(device))
-        if key not in self._tap_cache:
+        if key not in self._device_cache:
             idx, coef = pil_bilinear_taps(size, big)
-            self._tap_cache[key] = (torch.from_numpy(idx).to(device),
+            self._device_cache[key] = (torch.from_numpy(idx).to(device),
                                     torch.from_numpy(coef).to(device))  # fmt: skip
-        return self._tap_cache[key]
+        return self._device_cache[key]
 
     def _jitter(self, x: Tensor, p: Tensor) -> Tensor:
         """ColorJitter(brightness, contrast) as PIL computes it, in each sample's order."""
