@@ -110,6 +110,7 @@ def run(args) -> dict:
     from reid_dhm.export import export_boxmot
     from reid_dhm.models.checkpoint import model_from_checkpoint
     from reid_dhm.utils.checkpoint import load_checkpoint
+    from reid_dhm.utils.progress import Progress
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,10 @@ def run(args) -> dict:
     writer, tracks, frame_idx, detections = None, {}, 0, 0
     t_detect = t_track = 0.0
     problem = None
+    in_video = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
+    planned = min(args.frames, in_video or args.frames) if args.frames > 0 else in_video
+    # A bar on a terminal, else a line every 15 s: detection takes seconds a frame on a CPU.
+    progress = Progress(planned, "tracking", "frames", every=15.0)
     start = time.perf_counter()
     try:
         while args.frames <= 0 or frame_idx < args.frames:
@@ -180,7 +185,9 @@ def run(args) -> dict:
                 writer = cv2.VideoWriter(str(out / "annotated.mp4"), fourcc, fps, (w, h))
             writer.write(canvas)
             frame_idx += 1
+            progress.update()
     finally:
+        progress.close()
         cap.release()
         if writer is not None:
             writer.release()

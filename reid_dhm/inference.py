@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .data.preprocessing import IMAGE_EXTENSIONS, INTERPOLATIONS, Preprocessing
 from .models import MAIN, DHMNet
@@ -21,6 +20,7 @@ from .utils.checkpoint import load_checkpoint, unwrap
 from .utils.device import resolve_device
 from .utils.images import read_image, to_rgb
 from .utils.options import DEFAULT_MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
+from .utils.progress import Progress
 
 
 @torch.no_grad()
@@ -28,6 +28,9 @@ def extract_loader_features(
     model: nn.Module, loader, branches: Sequence[str] = (MAIN,), progress: str | None = None
 ) -> tuple[OrderedDict[str, Tensor], np.ndarray, np.ndarray, list[str]]:
     """Embeddings of every image a torchreid test loader yields.
+
+    ``progress``: what a progress display calls the work (``query features``): a bar
+    on a terminal, else a line every 30 s; None shows nothing.
 
     Returns:
         (features by branch, each (N, D_b) float32 on CPU; pids (N,); camids (N,); paths).
@@ -38,8 +41,11 @@ def extract_loader_features(
     device = next(bare.parameters()).device
     feats = OrderedDict((b, []) for b in branches)
     pids, camids, paths = [], [], []
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    shown = Progress(total, progress or "", "images", enabled=progress is not None)
     try:
-        for data in tqdm(loader, desc=progress, disable=progress is None, leave=False):
+        for data in loader:
             imgs = data["img"].to(device, non_blocking=True)
             if branches == (MAIN,) or list(branches) == [MAIN]:
                 feats[MAIN].append(bare(imgs).float().cpu())
@@ -50,7 +56,9 @@ def extract_loader_features(
             pids.extend(int(p) for p in data["pid"])
             camids.extend(int(c) for c in data["camid"])
             paths.extend(data["impath"])
+            shown.update(len(imgs))
     finally:
+        shown.close()
         bare.train(was_training)
     # An empty loader (a DDP shard of a query set smaller than the process count) still
     # gives (0, D) matrices, which gather and concatenate with the other shards.

@@ -7,6 +7,8 @@ torchreid only reports at the end of training) fails here, before any training.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -138,24 +140,27 @@ def build_reid_datamanager(
         check_identity_batch(batch_size, num_instances)
     prepare_reid_dataset(dataset, root, synthreid)
     register_torchreid_datasets(skip_bad_images=skip_bad_images, max_image_pixels=max_image_pixels)
-    manager = ImageDataManager(
-        # torchreid's data root: each data set's class finds its folder under it (locate).
-        root=str(root),
-        sources=dataset,
-        height=height,
-        width=width,
-        transforms=list(transforms),
-        norm_mean=list(norm_mean),
-        norm_std=list(norm_std),
-        use_gpu=pin_memory,  # torchreid uses this flag only to pin loader memory
-        combineall=combineall,
-        batch_size_train=batch_size,
-        batch_size_test=test_batch_size,
-        workers=workers,
-        num_instances=num_instances,
-        # torchreid's names of the two samplers of utils.options.SAMPLERS
-        train_sampler="RandomIdentitySampler" if sampler == "identity" else "RandomSampler",
-    )
+    # torchreid prints about 40 lines here (its transforms, the data set table twice, a
+    # summary box); ``data_summary`` says what matters in one line.
+    with contextlib.redirect_stdout(io.StringIO()):
+        manager = ImageDataManager(
+            # torchreid's data root: each data set's class finds its folder under it (locate).
+            root=str(root),
+            sources=dataset,
+            height=height,
+            width=width,
+            transforms=list(transforms),
+            norm_mean=list(norm_mean),
+            norm_std=list(norm_std),
+            use_gpu=pin_memory,  # torchreid uses this flag only to pin loader memory
+            combineall=combineall,
+            batch_size_train=batch_size,
+            batch_size_test=test_batch_size,
+            workers=workers,
+            num_instances=num_instances,
+            # torchreid's names of the two samplers of utils.options.SAMPLERS
+            train_sampler="RandomIdentitySampler" if sampler == "identity" else "RandomSampler",
+        )
     if training:  # before the batch check: a one-identity split is the deeper problem
         check_identities(manager)
     n_train = len(manager.train_loader.dataset)
@@ -166,3 +171,27 @@ def build_reid_datamanager(
     for name, loaders in manager.test_loader.items():
         check_query_gallery(name, loaders["query"].dataset.data, loaders["gallery"].dataset.data)
     return manager
+
+
+def _counts(items) -> tuple[int, int, set]:
+    """(identities, images, cameras) of torchreid items ``(path, pid, camid, ...)``."""
+    return len({it[1] for it in items}), len(items), {it[2] for it in items}
+
+
+def data_summary(manager: ImageDataManager) -> str:
+    """One line for the data a manager serves, e.g. ``synthreid: train 100 ids / 940
+    images, query 100 ids / 291 images, gallery 101 ids / 634 images, 4 cameras`` (the
+    gallery's ids include distractors); one such part per test data set after the first."""
+    ids, images, cams = _counts(manager.train_loader.dataset.data)
+    parts = []
+    for name, loaders in manager.test_loader.items():
+        q_ids, q_images, q_cams = _counts(loaders["query"].dataset.data)
+        g_ids, g_images, g_cams = _counts(loaders["gallery"].dataset.data)
+        query, gallery = f"{q_ids} ids / {q_images} images", f"{g_ids} ids / {g_images} images"
+        parts.append(f"{name}: query {query}, gallery {gallery}")
+        cams |= q_cams | g_cams
+    sources = "+".join(manager.sources) if hasattr(manager, "sources") else "train"
+    train = f"{sources}: train {ids} ids / {images} images"
+    if len(parts) == 1 and parts[0].startswith(f"{sources}: "):  # the usual case
+        parts[0] = parts[0][len(sources) + 2 :]
+    return f"{train}, {', '.join(parts)}, {len(cams)} cameras"

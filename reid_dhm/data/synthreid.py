@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -406,11 +407,20 @@ def _plan(spec: SynthReIDSpec):
         yield "bounding_box_test", pid, cam, frame, sample_identity(rng), cams[cam]
 
 
-def generate_synthreid(root: str | os.PathLike, spec: SynthReIDSpec | None = None) -> Path:
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+def generate_synthreid(
+    root: str | os.PathLike,
+    spec: SynthReIDSpec | None = None,
+    log: Callable[[str], object] | None = _announce,
+) -> Path:
     """Write synthreid under ``root/synthreid`` unless an identical build is there.
 
     The build goes to a temporary folder and is renamed into place at the end, so an
-    interrupted run never leaves a half-written data set behind.
+    interrupted run never leaves a half-written data set behind. A build is announced
+    in one line through ``log`` (default: stdout; None: silent).
 
     Returns:
         The data set folder (it holds ``bounding_box_train``, ``bounding_box_test``, ``query``).
@@ -428,6 +438,12 @@ def generate_synthreid(root: str | os.PathLike, spec: SynthReIDSpec | None = Non
     # build would delete the folder the first run is already reading.
     with FileLock(str(dest.parent / ".synthreid.lock")):
         if not _is_built(dest, wanted):
+            if log is not None:
+                log(
+                    f"=> drawing the synthreid data set into {dest} ({spec.num_train_ids} "
+                    f"training / {spec.num_test_ids} test identities, {spec.num_cameras} "
+                    "cameras); later runs reuse it"
+                )
             _build(dest, spec, wanted)
     return dest
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..utils.branches import MAIN
 from ..utils.checkpoint import unwrap
+from ..utils.progress import Progress
 from . import distributed as dist
 from .amp import AMP_MODES, autocast, check_amp
 from .guards import TrainingDiverged
@@ -61,7 +61,8 @@ class ClassificationTask:
         test_loader: same item format; under DDP use ``distributed.eval_sampler``.
         per_branch: evaluate every branch, not only ``main``.
         amp: the autocast mode evaluation runs under (the training's).
-        progress: show a progress bar while evaluating.
+        progress: show the evaluation's progress (a bar on a terminal, else a line
+            every 30 s).
     """
 
     def __init__(
@@ -123,9 +124,9 @@ class ClassificationTask:
         device = next(bare.parameters()).device
         counts = torch.zeros(len(branches), len(TOPK), dtype=torch.float64, device=device)
         seen = 0
-        for images, targets in tqdm(
-            self.test_loader, desc="test", disable=not self.progress, leave=False
-        ):
+        total = len(self.test_loader) if hasattr(self.test_loader, "__len__") else None
+        shown = Progress(total, "test", "batches", enabled=self.progress)
+        for images, targets in self.test_loader:
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with autocast(self.amp, device):
@@ -133,6 +134,8 @@ class ClassificationTask:
             for j, b in enumerate(branches):
                 counts[j] += topk_correct(out.logits[b].float(), targets, TOPK).double()
             seen += targets.shape[0]
+            shown.update()
+        shown.close()
         flat = dist.all_reduce_sum(torch.cat([counts.flatten(), counts.new_tensor([seen])])).cpu()
         return flat[:-1].view(len(branches), len(TOPK)), int(flat[-1])
 

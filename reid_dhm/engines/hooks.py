@@ -18,7 +18,7 @@ from ..models.checkpoint import save_checkpoint
 from ..utils.rng import rng_state
 from . import distributed as dist
 from .amp import autocast
-from .console import epoch_terms, progress_line
+from .console import RunClock, epoch_line, progress_line
 from .freezing import set_backbone_frozen
 from .grad_monitor import PREFIX as MONITOR_PREFIX
 from .grad_monitor import GradientMonitor
@@ -133,13 +133,22 @@ class MonitorHook(HookBase):
 
 
 class ConsoleHook(HookBase):
-    """Progress a person reads: a bar on a terminal, else a line every ``print_freq``
-    iterations; one line per epoch; each evaluation as ``describe(result)`` renders it.
+    """Progress a person reads, over the whole run, and one line per epoch.
+
+    On a terminal: one tqdm bar over every iteration the run trains (epochs x
+    iterations), so its estimate is the time left for the whole run. Off a terminal (a
+    log file, CI): a line every ``print_freq`` iterations with the time left for the
+    whole run. Either way the loss is read from the device only every ``print_freq``
+    iterations (no per-iteration host sync), and each epoch ends with one line of at most
+    120 columns (:func:`~reid_dhm.engines.console.epoch_line`); each evaluation is
+    printed as ``describe(result)`` renders it.
 
     Args:
-        log: where lines go (default ``print``, flushed).
+        print_freq: iterations between reads of the loss (0: only at the epoch end).
+        log: where lines go (default: stdout, above the bar, flushed).
         describe: ``result -> str`` (the run layer passes the viz renderer; None: quiet).
         digits: decimals of the loss terms on the epoch line.
+        terminal: draw the bar (default: when stderr is a terminal).
     """
 
     def __init__(
@@ -151,37 +160,48 @@ class ConsoleHook(HookBase):
         terminal: bool | None = None,
     ):
         self.print_freq, self.digits, self.describe = int(print_freq), digits, describe
-        self.log = log or (lambda line: print(line, flush=True))
+        self._log = log
         self.show = sys.stderr.isatty() if terminal is None else terminal
         self.bar = None
+        self.clock: RunClock | None = None
+
+    def log(self, line: str) -> None:
+        if self._log is not None:
+            self._log(line)
+        else:  # above the bar, which is redrawn below it
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
 
     def before_epoch(self) -> None:
         t = self.trainer
-        if self.show:
-            desc = f"epoch {t.epoch + 1}/{t.max_epoch}"
-            self.bar = tqdm(total=t.num_batches, desc=desc, leave=False)
+        if self.clock is None:  # the first epoch this run trains (a resumed run: not 1)
+            self.clock = RunClock((t.max_epoch - t.epoch) * t.num_batches)
+            if self.show:
+                self.bar = tqdm(total=self.clock.total, unit="it", dynamic_ncols=True, leave=False)
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {t.epoch + 1}/{t.max_epoch}", refresh=False)
 
     def after_step(self) -> None:
         t = self.trainer
+        self.clock.tick()
+        due = self.print_freq > 0 and (t.step + 1) % self.print_freq == 0
         if self.bar is not None:
+            if due:  # reading the loss waits for the device: only every print_freq
+                self.bar.set_postfix_str(f"loss {t.running()['loss']:.3f}", refresh=False)
             self.bar.update(1)
-            if t.step % 10 == 0:  # reading the loss syncs with the device
-                self.bar.set_postfix(loss=f"{t.running()['loss']:.3f}")
-        elif self.print_freq > 0 and (t.step + 1) % self.print_freq == 0:
-            loss = t.running()["loss"]
+        elif due:
+            loss, left = t.running()["loss"], self.clock.left()
             self.log(
-                progress_line(t.epoch + 1, t.max_epoch, t.step + 1, t.num_batches, loss, t.lr())
+                progress_line(
+                    t.epoch + 1, t.max_epoch, t.step + 1, t.num_batches, loss, t.lr(), left
+                )
             )
 
     def after_epoch(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        r, t = self.trainer.record, self.trainer
-        line = f"epoch {r['epoch']}/{t.max_epoch}  {epoch_terms(r, self.digits)}  lr {r['lr']:.2e}"
-        if r.get("frozen"):
-            line += "  [backbone frozen]"
-        self.log(f"{line}  {r['seconds']:.0f}s")
+        t = self.trainer
+        last = t.epoch + 1 == t.max_epoch
+        left = None if last or self.clock is None else self.clock.left()
+        self.log(epoch_line(t.record, t.max_epoch, self.digits, left))
 
     def after_evaluation(self, result: Any) -> None:
         text = self.describe(result) if self.describe is not None else None
@@ -191,6 +211,7 @@ class ConsoleHook(HookBase):
     def after_train(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 class CheckpointHook(HookBase):

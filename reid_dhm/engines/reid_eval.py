@@ -9,7 +9,6 @@ its contiguous shard with rank 0's BN statistics (those a checkpoint holds), and
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 
@@ -39,7 +38,8 @@ class ReidEvaluator:
         metric: ``'euclidean'`` or ``'cosine'``; rerank: k-reciprocal re-ranking.
         ranks: the Rank-k values reported.
         device: where features are ranked; None = the model's device.
-        progress: progress bars while embedding (main process, on a terminal only).
+        progress: show the embedding's progress (main process only): a bar on a
+            terminal, else a line every 30 s.
     """
 
     def __init__(
@@ -96,7 +96,8 @@ class ReidEvaluator:
         With several processes each embeds its shard; the shards concatenate in rank
         order, which is data-set order, so labels come from the data set itself.
         """
-        show = self.progress and dist.is_main_process() and sys.stderr.isatty()
+        # A bar on a terminal, else a line every 30 s (the main process speaks for all).
+        show = self.progress and dist.is_main_process()
         desc = f"{what} features" if show else None
         if dist.world_size() == 1:
             return extract_loader_features(model, loader, self.branches, desc)

@@ -14,11 +14,19 @@ evaluation (called on every process, collectives inside), the history fields of 
 evaluation, and its results. ``reid_dhm.engines.reid_task`` and
 ``reid_dhm.engines.classification`` are the two tasks.
 
-Loss terms stay on the device during an epoch (sums weighted by batch size); the host
-reads them only where something is printed or logged, and at the epoch end. A NaN /
-inf loss is caught by the :class:`~reid_dhm.engines.guards.NonFiniteGuard`: ``'stop'``
-keeps the first bad iteration on the device and raises where the loss is read anyway;
-``'skip'`` must decide before every optimizer step, so it reads the loss each iteration.
+Loss terms and accuracies stay on the device during an epoch (sums weighted by batch
+size); the host reads them, all in one transfer, only where something is printed or
+logged (every ``train.print_freq`` iterations) and at the epoch end, so the CPU queues
+the next iterations while the device works (``tests/test_sync_count.py`` counts the
+reads). A NaN / inf loss is caught by the
+:class:`~reid_dhm.engines.guards.NonFiniteGuard`: ``'stop'`` (the default) keeps the
+first bad iteration on the device and raises, naming it, at the next read; nothing is
+written in between (checkpoints are written after the epoch end's check), so the stop
+is exact without a per-iteration read. ``'skip'`` must decide before every optimizer
+step and reads the loss each iteration: undoing a step on the device instead would
+mean a copy of every parameter and optimizer state each iteration, and torch keeps the
+optimizers' step counters on the host, where a device flag cannot reach them
+(docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -170,14 +178,20 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def running(self) -> dict[str, float]:
-        """Means of the loss terms so far this epoch, this process (reads the device once
-        per iteration, however many hooks ask)."""
+        """Means of the loss terms so far this epoch, this process.
+
+        One host read (every term and the non-finite flag in one transfer) per
+        iteration at most, however many hooks ask; hooks ask every ``print_freq``
+        iterations. Raises ``TrainingDiverged`` ('stop') if a loss so far was not finite.
+        """
         key = (self.epoch, self.step, self.count)
         if self._running_key != key:
-            self.raise_if_bad()
+            names = [k for k in self.sums if not k.startswith("acc/")]
+            flat = [self.sums[k].float() for k in names] + [self.first_bad.float()]
+            *values, bad = torch.stack(flat).tolist()
+            self.raise_if_bad(first_bad=int(bad))
             n = max(self.count, 1)
-            means = {k: float(v) / n for k, v in self.sums.items() if not k.startswith("acc/")}
-            self._running_key, self._running = key, means
+            self._running_key, self._running = key, {k: v / n for k, v in zip(names, values)}
         return self._running
 
     def state_dict(self) -> dict:
@@ -317,15 +331,18 @@ class Trainer:
             self.sums[f"acc/{b}"] = self.sums.get(f"acc/{b}", 0) + hit
         return True
 
-    def raise_if_bad(self, every_rank: bool = False) -> None:
+    def raise_if_bad(self, every_rank: bool = False, first_bad: int | None = None) -> None:
         """'stop' policy: raise if an iteration so far had a non-finite loss.
 
         Mid-epoch only single-process runs look: under DDP one rank must not leave while
         the others wait in a collective; at the epoch end every rank looks.
+
+        Args:
+            first_bad: ``self.first_bad`` already read by the caller (else it is read here).
         """
         if self.guard.policy != "stop" or (not every_rank and dist.world_size() > 1):
             return
-        bad = int(self.first_bad)
+        bad = int(self.first_bad) if first_bad is None else first_bad
         if bad > 0:
             self.guard.allow_step(float("nan"), self.epoch + 1, bad, self.record["lr"])
 

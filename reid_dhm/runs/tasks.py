@@ -64,14 +64,16 @@ class ReidSetup:
             branches=tuple(model.branch_names) if test["per_branch"] else (MAIN,),
             metric="cosine" if test["normalize_feature"] else test["metric"],
             rerank=test["rerank"], ranks=test["ranks"], device=self.info.device,
-            progress=self.info.is_main and sys.stderr.isatty(),
+            progress=self.info.is_main,  # a bar on a terminal, else lines
             preprocessing=Preprocessing(
                 height=d["height"], width=d["width"], mean=d["norm_mean"], std=d["norm_std"]
             ),
         )  # fmt: skip
 
     def describe_data(self) -> str:
-        return ""  # torchreid printed the data set's summary
+        from ..data.reid_manager import data_summary
+
+        return data_summary(self.manager)
 
     def describe(self, evaluations) -> str:
         from ..viz.tables import format_reid
@@ -134,7 +136,7 @@ class ClassificationSetup:
         train_loader, test_loader = classification_loaders(cfg, train_set, test_set, info.device)
         self.task = ClassificationTask(
             train_loader, test_loader, per_branch=cfg["test"]["per_branch"],
-            amp=cfg["train"]["amp"], progress=info.is_main and sys.stderr.isatty(),
+            amp=cfg["train"]["amp"], progress=info.is_main,
         )  # fmt: skip
 
     def adapt_model(self, model) -> None:
@@ -144,7 +146,7 @@ class ClassificationSetup:
         n_train, n_test = self.sizes
         return (
             f"{self.cfg['data']['dataset']}: {n_train} training / {n_test} test images, "
-            f"{self.num_classes} classes; "
+            f"{self.num_classes} classes"
         )
 
     def describe(self, table) -> str:

@@ -138,6 +138,7 @@ def run_in_process(cfg, info, ckpt, eval_only: bool, should_stop=None) -> RunRes
     if cfg["train"]["deterministic"]:
         set_deterministic()
     if info.is_main:
+        print(f"=> output folder {out}", flush=True)  # first: where to look, while it runs
         for stale in remove_stale_temporaries(out):
             print(f"=> removed {stale}, left by an interrupted write")
     setup = build_task(cfg, info)
@@ -152,9 +153,11 @@ def run_in_process(cfg, info, ckpt, eval_only: bool, should_stop=None) -> RunRes
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out, evaluated=ckpt.get("path") if eval_only else None)
+        # The epoch lines give values per branch in this order (main/aux1/aux2).
         print(
-            f"=> {setup.describe_data()}{model_name} (branches {', '.join(model.branch_names)}), "
-            f"loss {parts['criterion'].mode}; {info.world_size} process(es) on {info.device}",
+            f"=> {setup.describe_data()}\n=> {model_name} (branches "
+            f"{'/'.join(model.branch_names)}), loss {parts['criterion'].mode}; "
+            f"{info.world_size} process(es) on {info.device}",
             flush=True,
         )
     run = _Run(cfg, out, info, setup, model, model_name, parts, ckpt, eval_only)
