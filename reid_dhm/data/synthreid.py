@@ -440,9 +440,8 @@ def generate_synthreid(
         if not _is_built(dest, wanted):
             if log is not None:
                 log(
-                    f"=> drawing the synthreid data set into {dest} ({spec.num_train_ids} "
-                    f"training / {spec.num_test_ids} test identities, {spec.num_cameras} "
-                    "cameras); later runs reuse it"
+                    f"=> drawing synthreid ({spec.num_train_ids} + {spec.num_test_ids} ids, "
+                    f"{spec.num_cameras} cameras) into {dest}; later runs reuse it"
                 )
             _build(dest, spec, wanted)
     return dest
