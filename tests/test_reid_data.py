@@ -148,7 +148,9 @@ def test_synthreid_built_once_when_two_processes_ask_at_the_same_time(tmp_path):
     ]  # fmt: skip
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert outs[0][0] == outs[1][0] and "query" in outs[0][0]
+    listed = [out.splitlines()[-1] for out, _ in outs]
+    assert listed[0] == listed[1] and "query" in listed[0]
+    assert sum("=> drawing synthreid" in out for out, _ in outs) == 1  # built and said once
     dest = tmp_path / "synthreid"
     assert json.loads((dest / MARKER).read_text())["num_train_ids"] == 6
     # one build: no half-built temporary folder is left, every split is complete
