@@ -44,14 +44,21 @@ class FreezeHook(HookBase):
 
 class StopHook(HookBase):
     """Stop between iterations when ``should_stop()`` returns a signal number (the run
-    layer's SIGINT / SIGTERM handler); every process stops after the same iteration."""
+    layer's SIGINT / SIGTERM handler); every process stops after the same iteration.
 
-    def __init__(self, should_stop: Callable[[], int | None]):
-        self.should_stop = should_stop
+    One process looks after every iteration (a host flag: free). Several processes must
+    agree, which takes a collective and a host read (a GPU sync), so they do so every
+    ``every`` iterations (the print interval: the loop reads the device then anyway).
+    """
+
+    def __init__(self, should_stop: Callable[[], int | None], every: int = 1):
+        self.should_stop, self.every = should_stop, max(int(every), 1)
 
     def after_step(self) -> None:
         signum = self.should_stop()
         if dist.world_size() > 1:
+            if (self.trainer.step + 1) % self.every:
+                return
             signum = int(dist.all_reduce_sum(torch.tensor([float(signum or 0)]))[0]) or None
         if signum:
             t = self.trainer
@@ -300,7 +307,7 @@ def standard_hooks(
     if grad_monitor_every:
         hooks.append(MonitorHook(grad_monitor_every, board))
     if should_stop is not None:
-        hooks.append(StopHook(should_stop))
+        hooks.append(StopHook(should_stop, every=print_freq))
     if is_main:
         hooks.append(ConsoleHook(print_freq, log=log, describe=describe, digits=digits))
         if board is not None:
