@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -162,6 +163,50 @@ def test_reuse_takes_matching_rows_from_another_study(tmp_path, tiny_reid, tiny_
     path.write_text(path.read_text().replace("screen/study.json", "nowhere/study.json"))
     with pytest.raises(ValueError, match="reuse names .*nowhere/study.json"):
         run_study(load_study(path), tmp_path / "confirm2", echo=lines.append)
+
+
+def _sleeps_ignoring_sigterm(pid_file):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as the run's data-loader workers do
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(300)
+
+
+def _trial_leaving_a_loader_worker(job):
+    """A trial whose process still has a daemonic child that ignores SIGTERM."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(
+        target=_sleeps_ignoring_sigterm, args=(job["pid_file"],), daemon=True
+    )
+    child.start()
+    while not Path(job["pid_file"]).is_file():
+        time.sleep(0.05)
+    return {"key": job["key"], "status": "ok"}
+
+
+def _trial_that_dies(job):
+    os._exit(3)
+
+
+def test_local_executor_does_not_wait_for_children_a_trial_leaves_behind(tmp_path):
+    from reid_dhm.study.executors import Plan, run_local
+
+    base = {"setting": "s", "variant": "v", "seed": 1, "task": "reid", "config": {}}
+    jobs = [{**base, "key": f"t{i}", "pid_file": str(tmp_path / f"{i}.pid")} for i in range(2)]
+    # Interpreter shutdown would SIGTERM the child and join it for ever: the study must
+    # get both rows while the children are still alive.
+    rows = list(run_local(jobs, Plan((None,), 1, 0.0), target=_trial_leaving_a_loader_worker))
+    pids = [int((tmp_path / f"{i}.pid").read_text()) for i in range(2)]
+    try:
+        assert [r["key"] for r in rows] == ["t0", "t1"] and all(r["status"] == "ok" for r in rows)
+        for pid in pids:
+            os.kill(pid, 0)  # still there: nobody waited for it
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    (row,) = run_local(jobs[:1], Plan((None,), 1, 0.0), target=_trial_that_dies)
+    assert row["status"] == "failed" and "exit code 3" in row["error"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "studies").glob("*.yaml")),

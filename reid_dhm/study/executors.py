@@ -1,7 +1,7 @@
 """Where a study's trials run: a local process pool, or Ray (one machine or a cluster).
 
 Both take the same jobs and yield each trial's row as it finishes. Each trial gets a
-fresh process (pool workers serve one task each; Ray workers exit after one call), so
+fresh process (a spawned process per trial; Ray workers exit after one call), so
 no allocator, thread-pool or CUDA state carries from one trial to the next, and a
 trial that dies takes only itself down.
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from multiprocessing.connection import wait as connection_wait
 
 from .trial import run_trial
 
@@ -75,35 +76,72 @@ def _job(job: dict, plan: Plan, slot: str | None) -> dict:
     return {**job, "threads": plan.cpus_per_run, "device": slot}
 
 
-def run_local(jobs: Sequence[dict], plan: Plan) -> Iterator[dict]:
+def _trial_process(conn, target: Callable[[dict], dict], job: dict) -> None:
+    """Body of a trial's process: run it, send its row, and end at once."""
+    try:
+        conn.send(target(job))
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # The row is out: skip the interpreter's shutdown. It would SIGTERM and then join
+    # every daemonic child still alive, among them data-loader workers of the run, which
+    # ignore SIGTERM so that the main process decides how a run stops (RELIABILITY.md):
+    # such a join never returns, and a study once sat idle behind it. Orphaned loader
+    # workers notice the missing parent and exit by themselves.
+    os._exit(0)
+
+
+def run_local(
+    jobs: Sequence[dict], plan: Plan, target: Callable[[dict], dict] = run_trial
+) -> Iterator[dict]:
     """Trials in ``plan.concurrency`` fresh processes at a time (spawned, one trial
     each); yields rows as trials finish.
 
-    Each trial gets an executor of its own, used once, so no pool has to replace a
-    worker: with one pool and ``max_tasks_per_child=1`` a ``--jobs 1`` study was once
-    seen idle after its first trial (Python 3.11; the cause was not pinned down).
+    Each trial is a process of its own that sends its row through a pipe and exits; a
+    process that dies before sending makes a failed row. ``target`` runs one job (the
+    study's :func:`run_trial`; tests give another).
     """
     pending = list(jobs)
     free = list(plan.slots)
-    running: dict = {}  # future -> (job, slot, its executor)
+    running: dict = {}  # parent end of the pipe -> (job, slot, process)
     ctx = multiprocessing.get_context("spawn")  # no forked torch / CUDA state
     try:
         while pending or running:
             while pending and free:
                 slot, job = free.pop(0), pending.pop(0)
-                executor = ProcessPoolExecutor(1, mp_context=ctx)
-                future = executor.submit(run_trial, _job(job, plan, slot))
-                running[future] = (job, slot, executor)
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for future in done:
-                job, slot, executor = running.pop(future)
-                executor.shutdown(wait=True)
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_trial_process, args=(child, target, _job(job, plan, slot))
+                )
+                proc.start()
+                child.close()  # the parent's copy: EOF on `parent` once the trial is gone
+                running[parent] = (job, slot, proc)
+            for conn in connection_wait(list(running)):
+                job, slot, proc = running.pop(conn)
+                try:
+                    row, error = conn.recv(), None
+                except EOFError:
+                    proc.join()
+                    row, error = None, RuntimeError(f"exit code {proc.exitcode}")
+                conn.close()
+                _reap(proc)
                 free.append(slot)
-                error = future.exception()
-                yield _result(job, future.result if error is None else None, error)
+                yield _result(job, None if row is None else (lambda r=row: r), error)
     finally:
-        for _, _, executor in running.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+        for conn, (_, _, proc) in running.items():
+            conn.close()
+            if proc.is_alive():
+                proc.terminate()  # the trial stops after its iteration (checkpoint kept)
+            _reap(proc, grace=60)
+
+
+def _reap(proc, grace: float = 30) -> None:
+    """Wait for a trial's process to end; kill it if it has not after ``grace`` s."""
+    proc.join(grace)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
 
 
 def _result(job: dict, get: Callable[[], dict] | None, err: BaseException | None) -> dict:
