@@ -270,6 +270,9 @@ def sync_free_epoch(dev: torch.device, work: Path):
         manager = build_reid_datamanager("folder", root, batch_size=32, workers=4, pin_memory=True)
     reid_train_loader(manager, 32, augment="auto", device=dev)  # tensor augmentation
     model = prepare_model(build_model("dhm_resnet18", manager.num_train_pids).to(dev), dev)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last), (
+        "prepare_model did not make the model channels_last on CUDA"
+    )
     guard, print_freq = sync_guard(5), 5
     hooks = [guard, *standard_hooks(save_dir=None, model_name="m", config=None, is_main=True,
                                      print_freq=print_freq)]  # fmt: skip
