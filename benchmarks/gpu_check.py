@@ -320,6 +320,41 @@ def training_epochs(dev: torch.device, work: Path):
     return "; ".join(lines)
 
 
+def write_cifar10(root: Path, n: int = 256) -> Path:
+    """A CIFAR-10 folder in the real pickle layout (random images; the check is the path)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels}, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f, protocol=2)
+    return root
+
+
+@check("classification epoch on CUDA through the DeviceLoader")
+def classification_epoch(dev: torch.device, work: Path):
+    needs_cuda(dev, "a CUDA classification run")
+    from reid_dhm.config import resolve_config
+    from reid_dhm.runs import train
+
+    root = write_cifar10(work / "cifar")
+    overrides = [f"data.root={root}", "model.name=dhm_cifar_resnet20", "train.max_epoch=1",
+                 "train.device=cuda", "data.batch_size=64", "data.workers=2"]  # fmt: skip
+    cfg = resolve_config("cifar10", None, overrides)
+    cfg["output_dir"] = str(work / "cifar_run")
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = train(cfg)
+    final = result.results["final"]["main"]
+    assert final["num_images"] == 256 and 0 <= final["top1_err"] <= 100, final
+    return f"one epoch of 1,280 images, test top-1 error {final['top1_err']:.1f} % (random labels)"
+
+
 @check("DDP on NCCL, torchrun --nproc_per_node 1")
 def ddp_nccl(dev: torch.device, work: Path):
     needs_cuda(dev, "NCCL")
@@ -355,6 +390,7 @@ def main(argv=None) -> int:
         sync_free_epoch(dev, work)
         if not args.quick:
             training_epochs(dev, work)
+            classification_epoch(dev, work)
             ddp_nccl(dev, work)
     width = max(len(name) for name, _, _ in RESULTS)
     for name, verdict, detail in RESULTS:

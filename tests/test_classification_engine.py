@@ -437,3 +437,19 @@ def test_engine_changes_the_lr_at_epoch_boundaries_only_across_a_resume(tmp_path
 def test_bad_schedules_name_the_key(schedule, match):
     with pytest.raises(ValueError, match=match):
         check_schedule(max_epoch=6, **schedule)
+
+
+def test_classification_train_loader_is_prefetched_on_cuda_only(tiny_cifar10):
+    from reid_dhm.config import resolve_config
+    from reid_dhm.engines.prefetch import DeviceLoader
+    from reid_dhm.runs.tasks import build_datasets, classification_loaders
+
+    cfg = resolve_config("cifar10", None, [f"data.root={tiny_cifar10}", *TINY])
+    train_set, test_set, _ = build_datasets(cfg)
+    cpu_train, _ = classification_loaders(cfg, train_set, test_set, torch.device("cpu"))
+    assert not isinstance(cpu_train, DeviceLoader) and not cpu_train.pin_memory
+    # Built (not iterated: no GPU here) for CUDA: pinned, wrapped, same order and length.
+    cuda_train, _ = classification_loaders(cfg, train_set, test_set, torch.device("cuda"))
+    assert isinstance(cuda_train, DeviceLoader) and cuda_train.pin_memory
+    assert cuda_train.device == torch.device("cuda") and len(cuda_train) == len(cpu_train)
+    assert cuda_train.sampler.__class__ is cpu_train.sampler.__class__

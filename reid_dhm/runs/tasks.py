@@ -229,6 +229,7 @@ def classification_loaders(cfg: Mapping, train_set, test_set, device):
     from torch.utils.data import DataLoader
 
     from ..engines import distributed as dist
+    from ..engines.prefetch import DeviceLoader
     from ..engines.seeding import EpochIndexSampler, EpochSeededDataset, ignore_stop_signals
 
     d = cfg["data"]
@@ -249,6 +250,10 @@ def classification_loaders(cfg: Mapping, train_set, test_set, device):
         drop_last=len(sampler) % batch == 1,
         **common,
     )
+    if device.type == "cuda":
+        # The next pinned batch is copied on a side stream while this one trains, as for
+        # re-ID (issue 21); on CPU the plain loader is already where the model is.
+        train_loader = DeviceLoader(train_loader, device)
     test_loader = DataLoader(
         test_set, batch_size=d["test_batch_size"], sampler=dist.eval_sampler(test_set), **common
     )
