@@ -34,13 +34,15 @@ FAMILIES = [
     ("regnety_002", (3, 2), False),
     ("resnet18", (3, 2), False),
     ("vit_tiny_patch16_224", (10, 8), False),  # block counts: 5d/6 and 2d/3 of d = 12
+    ("eva02_tiny_patch14_224", (10, 8), False),  # rotary embeddings the blocks consult
     ("swin_tiny_patch4_window7_224", (2, 1), True),  # 28 M parameters x 3 copies
 ]
 PARAMS = [
     pytest.param(name, forks, marks=[pytest.mark.slow] if slow else [], id=name)
     for name, forks, slow in FAMILIES
 ]
-SIZED = {"vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}  # take img_size
+# The families that take img_size:
+SIZED = {"vit_tiny_patch16_224", "eva02_tiny_patch14_224", "swin_tiny_patch4_window7_224"}
 
 
 def _model(name: str, **kwargs):
@@ -119,6 +121,36 @@ def test_onnx_export_matches_pytorch(name, forks, tmp_path):
     report = export_onnx(model, tmp_path / "m.onnx", SIZE, atol=1e-4, rtol=0)
     assert report["max_abs_diff"] <= 1e-4
     assert report["output"] == ["embeddings", "batch", model.feature_dim]
+
+
+@pytest.mark.parametrize(
+    "name,head",
+    [("dla46_c", "timm"), ("repvit_m0_9", "toolkit")],
+    ids=["conv1x1-classifier", "bn-linear-distilled-classifier"],
+)
+def test_a_timm_classifier_that_is_not_one_linear_layer(name, head, tmp_path):
+    """DLA's classifier is a 1x1 convolution: the trained weights fit it, the deployed
+    network is the plain timm model. RepViT's is BN + Linear beside a distillation head:
+    no linear map fits it, so the file holds the timm model without a classifier plus the
+    trained one, and says so."""
+    model = _model(name).eval()
+    x = _x()
+    record = model.deployed_file()
+    assert record["head"] == head and record["neck"] == "none"
+    torch.save(record, tmp_path / "deployed.pth")
+    net = load_deployed(tmp_path / "deployed.pth")
+    with torch.no_grad():
+        expected = model(x)
+        got, logits = timm_embedding(net, x), net(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, model.classifier(expected), atol=1e-5, rtol=1e-5)
+    if head == "timm":
+        assert type(net) is type(timm.create_model(name, pretrained=False, num_classes=N))
+    else:
+        assert isinstance(net, TimmWithNeck) and isinstance(net.bnneck, torch.nn.Identity)
+        assert "not one linear layer" in record["holds"]
+        plain = timm.create_model(name, pretrained=False, num_classes=0)
+        plain.load_state_dict(net.model.state_dict(), strict=True)
 
 
 def test_bnneck_deploys_the_timm_model_plus_the_neck_and_says_so(tmp_path):

@@ -11,8 +11,9 @@ copies of the stages after the fork and the same final norm / pooling / pre-logi
 head. Cutting is structural and uses only what timm exposes: the fork is a
 ``feature_info`` module (``layer2``, ``stages.1``, ``blocks.7``, ...); in forward order,
 every child that runs before it (the stem, earlier stages, the fork stage itself) is
-replaced by ``nn.Identity`` and the model's top-level parameters (ViT's ``cls_token``
-and ``pos_embed``: the tokens already carry them) are removed. The branch then runs
+replaced by a pass-through (:class:`Skipped`; parameter-free state such as EVA-02's
+rotary embedding stays) and the model's top-level parameters (ViT's ``cls_token`` and
+``pos_embed``: the tokens already carry them) are removed. The branch then runs
 its own ``forward_features`` on the main path's fork output.
 
 Fork points (``forks``):
@@ -162,18 +163,34 @@ def check_forks(forks: Iterable[int] | None, timm_name: str) -> tuple[int, ...]:
     return tuple(sorted(values, reverse=True))
 
 
+class Skipped(nn.Module):
+    """A module cut from a branch: returns its input (``nn.Identity`` would refuse the
+    keyword arguments some blocks get, e.g. EVA-02's ``blk(x, rope=...)``)."""
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+
 def _cut_before(module: nn.Module, path: Sequence[str]) -> None:
-    """Replace by ``nn.Identity`` every child of ``module`` that runs before the
+    """Replace by :class:`Skipped` every child of ``module`` that runs before the
     submodule at ``path`` (children are in forward order in timm), and that submodule."""
     names = [n for n, _ in module.named_children()]
     if path[0] not in names:
         raise ValueError(f"{type(module).__name__} has no child {path[0]!r}")
     for name in names[: names.index(path[0])]:
-        setattr(module, name, nn.Identity())
+        if not _is_shared_state(getattr(module, name)):
+            setattr(module, name, Skipped())
     if len(path) == 1:
-        setattr(module, path[0], nn.Identity())
+        setattr(module, path[0], Skipped())
     else:
         _cut_before(getattr(module, path[0]), path[1:])
+
+
+def _is_shared_state(child: nn.Module) -> bool:
+    """A child with buffers and no parameters (EVA-02's rotary embedding ``rope``) is state
+    the later blocks consult, not a layer the input runs through: the cut keeps it."""
+    has_params = next(child.parameters(), None) is not None
+    return not has_params and next(child.buffers(), None) is not None
 
 
 def mirror_body(model: nn.Module, fork_module: str) -> nn.Module:
@@ -204,6 +221,20 @@ def classifier_path(model: nn.Module) -> str:
     """The dotted name of ``model.get_classifier()`` (``fc``, ``head``, ``head.fc``, ...)."""
     head = model.get_classifier()
     return next(n for n, m in model.named_modules() if m is head)
+
+
+def timm_head_state(net: nn.Module, classifier: nn.Linear) -> dict[str, Tensor] | None:
+    """``classifier`` as the state of ``net``'s own classifier, or None where timm's
+    classifier is no single linear map of the pre-logits feature (RepViT's BN + Linear
+    with a distillation head, MetaFormer's MLP head): then the deployed network is the
+    timm model with ``num_classes=0`` plus the trained linear classifier."""
+    head, path = net.get_classifier(), classifier_path(net)
+    weight, bias = classifier.weight.detach().clone(), classifier.bias.detach().clone()
+    if isinstance(head, nn.Linear):
+        return {f"{path}.weight": weight, f"{path}.bias": bias}
+    if isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1) and head.groups == 1:
+        return {f"{path}.weight": weight[:, :, None, None], f"{path}.bias": bias}  # DLA
+    return None
 
 
 class TimmBranch(AuxBranch):
@@ -367,16 +398,16 @@ class DHMTimm(DHMNet):
         """
         ref = next(self.parameters())
         backbone = {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
-        if self.bnneck is None:
-            net = self._fresh_timm(self.num_classes)
-            head = classifier_path(net)
-            backbone[f"{head}.weight"] = self.classifier.weight.detach().clone()
-            backbone[f"{head}.bias"] = self.classifier.bias.detach().clone()
+        net = self._fresh_timm(self.num_classes) if self.bnneck is None else None
+        head = None if net is None else timm_head_state(net, self.classifier)
+        if head is not None:
+            backbone.update(head)
             net.load_state_dict(backbone, strict=True)
         else:
-            net = TimmWithNeck(self._fresh_timm(0), self.num_classes, self.eval_feature)
+            net = TimmWithNeck(self._fresh_timm(0), self.num_classes, self.eval_feature, self.neck)
             net.model.load_state_dict(backbone, strict=True)
-            net.bnneck.load_state_dict(self.bnneck.state_dict(), strict=True)
+            if self.bnneck is not None:
+                net.bnneck.load_state_dict(self.bnneck.state_dict(), strict=True)
             net.classifier.load_state_dict(self.classifier.state_dict(), strict=True)
         return net.to(device=ref.device, dtype=ref.dtype).eval()
 
@@ -387,15 +418,25 @@ class DHMTimm(DHMNet):
     def deployed_file(self) -> dict:
         """``deployed.pth``: the deployed state dict and what rebuilds it (``load_deployed``)."""
         timm = import_timm()
-        state = self.deploy().cpu().state_dict()
-        bnneck = self.bnneck is not None
-        holds = (
-            "the timm model with num_classes=0 under 'model.', BNNeck 'bnneck.', bias-free "
-            "'classifier.': rebuild with reid_dhm.models.backbones.timm_models.load_deployed"
-            if bnneck
-            else "the plain timm model: timm.create_model(timm_name, num_classes=num_classes, "
-            "**timm_kwargs).load_state_dict(state_dict, strict=True)"
-        )
+        deployed = self.deploy().cpu()
+        state = deployed.state_dict()
+        wrapped = isinstance(deployed, TimmWithNeck)
+        if self.bnneck is not None:
+            holds = (
+                "the timm model with num_classes=0 under 'model.', BNNeck 'bnneck.', bias-free "
+                "'classifier.': rebuild with reid_dhm.models.backbones.timm_models.load_deployed"
+            )
+        elif wrapped:
+            holds = (
+                "the timm model with num_classes=0 under 'model.' and the trained linear "
+                "'classifier.' (timm's own classifier for this architecture is not one linear "
+                "layer): rebuild with reid_dhm.models.backbones.timm_models.load_deployed"
+            )
+        else:
+            holds = (
+                "the plain timm model: timm.create_model(timm_name, num_classes=num_classes, "
+                "**timm_kwargs).load_state_dict(state_dict, strict=True)"
+            )
         return {
             "format": DEPLOYED_FORMAT,
             "library": "timm",
@@ -406,25 +447,36 @@ class DHMTimm(DHMNet):
             "embedding_dim": self.feature_dim,
             "neck": self.neck,
             "eval_feature": self.eval_feature,
+            "head": "toolkit" if wrapped else "timm",
             "holds": holds,
             "state_dict": state,
         }
 
 
 class TimmWithNeck(nn.Module):
-    """A deployed timm model with BNNeck: ``model`` (num_classes=0), ``bnneck``, ``classifier``.
+    """A deployed timm model with BNNeck: ``model`` (num_classes=0), ``bnneck``, ``classifier``;
+    with ``neck='none'`` (an architecture whose timm classifier is not one linear layer)
+    ``bnneck`` is an identity and the classifier has a bias.
 
     Keeps timm's calling convention: ``forward_features``, ``forward_head(x,
     pre_logits=True)`` (the embedding: before the BN, or after it with
     ``eval_feature='post_bn'``) and ``forward`` (logits).
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, eval_feature: str = "pre_bn"):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        eval_feature: str = "pre_bn",
+        neck: str = "bnneck",
+    ):
         super().__init__()
         self.model = model
         dim = embedding_dim(model)
-        self.bnneck = make_bnneck(dim)
-        self.classifier = nn.Linear(dim, num_classes, bias=False)
+        # neck='none' here: timm's own classifier for this architecture is no single
+        # linear map (see timm_head_state), so the trained one rides beside the model.
+        self.bnneck = make_bnneck(dim) if neck == "bnneck" else nn.Identity()
+        self.classifier = nn.Linear(dim, num_classes, bias=neck != "bnneck")
         self.eval_feature = eval_feature
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -465,9 +517,9 @@ def load_deployed(source) -> nn.Module:
     kwargs = dict(payload["timm_kwargs"])
     if "img_size" in kwargs:
         kwargs["img_size"] = tuple(kwargs["img_size"])
-    if payload["neck"] == "bnneck":
+    if payload["neck"] == "bnneck" or payload.get("head") == "toolkit":
         base = timm.create_model(payload["timm_name"], pretrained=False, num_classes=0, **kwargs)
-        net = TimmWithNeck(base, payload["num_classes"], payload["eval_feature"])
+        net = TimmWithNeck(base, payload["num_classes"], payload["eval_feature"], payload["neck"])
     else:
         net = timm.create_model(
             payload["timm_name"], pretrained=False, num_classes=payload["num_classes"], **kwargs
