@@ -153,6 +153,39 @@ def test_a_timm_classifier_that_is_not_one_linear_layer(name, head, tmp_path):
         plain.load_state_dict(net.model.state_dict(), strict=True)
 
 
+def test_a_distilled_pair_of_linear_heads_takes_the_trained_classifier_in_both():
+    """EfficientFormer's eval logits are the mean of ``head`` and ``head_dist``: both get
+    the trained weights, so the deployed network is the plain timm model with the same
+    logits (its attention biases fix the input to 224x224)."""
+    torch.manual_seed(0)
+    model = build_model("timm/efficientformer_l1", N).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    record = model.deployed_file()
+    assert record["head"] == "timm"
+    assert {"head.weight", "head_dist.weight"} <= set(record["state_dict"])
+    net = load_deployed(record)
+    assert type(net) is type(timm.create_model("efficientformer_l1", num_classes=N))
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(timm_embedding(net, x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(net(x), model.classifier(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("hrnet_w18_small", "lists of multi-resolution maps"),
+        ("levit_128s", "levit_conv_\\* models work"),
+        ("deit_tiny_distilled_patch16_224", "distillation token"),
+    ],
+)
+def test_families_that_cannot_take_branches_are_refused_in_one_line(name, why):
+    with pytest.raises(ValueError, match=f"{name}' cannot take DHM branches: .*{why}"):
+        build_model(f"timm/{name}", N)
+    with pytest.raises(ConfigError, match="cannot take DHM branches"):
+        resolve_config("synthreid", overrides=[f"model.name=timm/{name}", "model.pretrained=false"])
+
+
 def test_bnneck_deploys_the_timm_model_plus_the_neck_and_says_so(tmp_path):
     model = _model("resnet18", neck="bnneck", eval_feature="post_bn")
     with torch.no_grad():

@@ -118,6 +118,26 @@ class TimmFacts:
         return tuple(sorted(set(picked), reverse=True))
 
 
+def _unsupported(model: nn.Module) -> str | None:
+    """Why DHM branches cannot be cut from this timm model, or None. Found by
+    ``benchmarks/probe_timm_families.py``; each would otherwise fail at the first forward
+    with an error from inside timm."""
+    kind = type(model)
+    if kind.__module__ == "timm.models.hrnet":
+        return "HRNet's stages pass lists of multi-resolution maps; a branch fork carries one"
+    if kind.__module__ == "timm.models.levit" and not getattr(model, "use_conv", True):
+        return (
+            "LeViT flattens its stem's map to tokens outside any module, so a branch cannot "
+            "start at a fork; the levit_conv_* models work"
+        )
+    if kind.__name__ == "VisionTransformerDistilled":
+        return (
+            "a distilled DeiT's token layout needs the distillation token at every fork; "
+            "the plain deit_* models work"
+        )
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def timm_facts(timm_name: str) -> TimmFacts:
     """:class:`TimmFacts` of a timm model name; ValueError for a name timm does not have."""
@@ -129,6 +149,9 @@ def timm_facts(timm_name: str) -> TimmFacts:
         )
     with torch.device("meta"):  # structure only: no memory, no initialisation cost
         model = timm.create_model(timm_name, pretrained=False, num_classes=0)
+    why = _unsupported(model)
+    if why is not None:
+        raise ValueError(f"timm model {timm_name!r} cannot take DHM branches: {why}")
     info = getattr(model, "feature_info", None)
     if not info or len(info) < 2:
         raise ValueError(f"timm model {timm_name!r} has no feature_info levels to fork from")
@@ -217,24 +240,45 @@ def embedding_dim(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
-def classifier_path(model: nn.Module) -> str:
-    """The dotted name of ``model.get_classifier()`` (``fc``, ``head``, ``head.fc``, ...)."""
-    head = model.get_classifier()
-    return next(n for n, m in model.named_modules() if m is head)
+def classifier_paths(model: nn.Module) -> tuple[str, ...]:
+    """Dotted names of ``model.get_classifier()``: one (``fc``, ``head``, ``head.fc``, ...)
+    or two for distilled models (LeViT, EfficientFormer: ``head`` and ``head_dist``)."""
+    heads = model.get_classifier()
+    heads = heads if isinstance(heads, tuple) else (heads,)
+    names = {id(m): n for n, m in model.named_modules()}
+    return tuple(names[id(h)] for h in heads if id(h) in names)
+
+
+def _head_tensors(head: nn.Module, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor] | None:
+    if isinstance(head, nn.Linear):
+        return weight, bias
+    if isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1) and head.groups == 1:
+        return weight[:, :, None, None], bias  # DLA
+    return None
 
 
 def timm_head_state(net: nn.Module, classifier: nn.Linear) -> dict[str, Tensor] | None:
     """``classifier`` as the state of ``net``'s own classifier, or None where timm's
     classifier is no single linear map of the pre-logits feature (RepViT's BN + Linear
     with a distillation head, MetaFormer's MLP head): then the deployed network is the
-    timm model with ``num_classes=0`` plus the trained linear classifier."""
-    head, path = net.get_classifier(), classifier_path(net)
-    weight, bias = classifier.weight.detach().clone(), classifier.bias.detach().clone()
-    if isinstance(head, nn.Linear):
-        return {f"{path}.weight": weight, f"{path}.bias": bias}
-    if isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1) and head.groups == 1:
-        return {f"{path}.weight": weight[:, :, None, None], f"{path}.bias": bias}  # DLA
-    return None
+    timm model with ``num_classes=0`` plus the trained linear classifier.
+
+    A distilled model whose eval logits are the mean of two linear heads (LeViT,
+    EfficientFormer) gets the trained classifier in both, so the mean is the classifier.
+    """
+    heads = net.get_classifier()
+    heads = heads if isinstance(heads, tuple) else (heads,)
+    paths = classifier_paths(net)
+    if len(paths) != len(heads):
+        return None
+    weight, bias = classifier.weight.detach(), classifier.bias.detach()
+    state = {}
+    for head, path in zip(heads, paths):
+        tensors = _head_tensors(head, weight, bias)
+        if tensors is None:
+            return None
+        state[f"{path}.weight"], state[f"{path}.bias"] = (t.clone() for t in tensors)
+    return state
 
 
 class TimmBranch(AuxBranch):
