@@ -70,6 +70,30 @@ def test_the_rule_needs_a_win_somewhere_and_no_loss_beyond_the_margin():
     assert any(r.startswith("b: the lower bound") for r in out["reasons"])
 
 
+def test_the_rule_is_final_once_a_setting_with_every_seed_breaks_the_margin():
+    tasks = {"a": "reid", "b": "reid"}
+    zeros = {1: 0.0, 2: 0.0, 3: 0.0}
+    table = {
+        # a: every planned seed, cand 2..4 mAP worse: gain's lower bound far below -1
+        "a": {"cand": {1: -2.0, 2: -3.0, 3: -4.0}, "dsl": zeros, "dhm": zeros},
+        # b: seed 3 missing, cand far ahead so far
+        "b": {"cand": {1: 5.0, 2: 6.0}, "dsl": {1: 0.0, 2: 0.0}, "dhm": {1: 0.0, 2: 0.0}},
+    }
+    margin = {"reid": 1.0}
+    out = decide(table, tasks, "cand", ["dsl", "dhm"], margin, seeds=[1, 2, 3])
+    assert not out["passed"] and out["final"]
+    assert out["complete"] == ["a"] and out["broken"] == ["a"]
+    # the same shortfall in the incomplete setting only: seed 3 of b could still change it
+    table["a"]["cand"] = {1: 3.0, 2: 4.0, 3: 5.0}
+    table["b"]["cand"] = {1: -2.0, 2: -3.0}
+    out = decide(table, tasks, "cand", ["dsl", "dhm"], margin, seeds=[1, 2, 3])
+    assert not out["passed"] and not out["final"] and out["broken"] == []
+    # every seed everywhere: final whatever the outcome
+    for v in ("cand", "dsl", "dhm"):
+        table["b"][v] = {**table["b"][v], 3: 0.0}
+    assert decide(table, tasks, "cand", ["dsl", "dhm"], margin, seeds=[1, 2, 3])["final"]
+
+
 # ------------------------------------------------------------------------- packing
 def test_runs_per_gpu_packing_for_a_given_gpu_count():
     plan = plan_slots(cpus=16, gpus=2, cpus_per_run=2, runs_per_gpu=3)

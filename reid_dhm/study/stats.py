@@ -100,6 +100,7 @@ def decide(
     candidate: str,
     against: Sequence[str],
     margin: Mapping[str, float],
+    seeds: Sequence[int] | None = None,
 ) -> dict:
     """The default-changing rule of a study (issue 17).
 
@@ -107,22 +108,32 @@ def decide(
     every one of ``against`` in at least one setting, and in every setting the lower
     bound of its improvement over each of them is above ``-margin[task]``.
 
+    A setting is *complete* when the candidate and each of ``against`` have every one
+    of the planned ``seeds``. The outcome is *final* (no unfinished trial can change
+    it) once every setting is complete, or once a complete setting breaks the margin:
+    the rule needs every setting within it, so a long study can stop early.
+
     Args:
         table: setting -> variant -> seed -> deciding metric.
         tasks: setting -> task.
+        seeds: the seeds the study plans (None: every setting counts as complete).
 
     Returns:
-        ``{passed, better_somewhere, within_margin, settings: {setting: {other: {...}}},
-        reasons: [one line each]}``.
+        ``{passed, final, better_somewhere, within_margin, complete: [setting, ...],
+        broken: [complete settings outside the margin], settings: {setting: {other:
+        {...}}}, reasons: [one line each]}``.
     """
-    settings, reasons = {}, []
-    better_somewhere, within = False, True
+    settings, reasons, complete = {}, [], []
+    better_somewhere, within, broken = False, True, []
     for setting, variants in table.items():
         metric, task = primary_metric(tasks[setting]), tasks[setting]
         if candidate not in variants or any(o not in variants for o in against):
             reasons.append(f"{setting}: not every variant of the rule has finished trials")
             within = False
             continue
+        done = seeds is None or all(set(seeds) <= set(variants[v]) for v in (candidate, *against))
+        if done:
+            complete.append(setting)
         row, all_better = {}, True
         for other in against:
             diff = paired(variants[candidate], variants[other])
@@ -131,6 +142,8 @@ def decide(
             all_better &= row[other]["verdict"] == "better"
             if gain is None or gain[0] <= -margin[task]:
                 within = False
+                if done and setting not in broken:
+                    broken.append(setting)
                 low = "none" if gain is None else f"{gain[0]:+.2f}"
                 reasons.append(
                     f"{setting}: the lower bound of {candidate}'s {metric} improvement over "
@@ -144,6 +157,9 @@ def decide(
         "candidate": candidate,
         "against": list(against),
         "passed": better_somewhere and within,
+        "final": bool(broken) or len(complete) == len(table),
+        "complete": complete,
+        "broken": broken,
         "better_somewhere": better_somewhere,
         "within_margin": within,
         "settings": settings,

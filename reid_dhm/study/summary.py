@@ -85,7 +85,10 @@ def _decision(data: Mapping, settings: Mapping) -> dict | None:
         rows = [r for r in data["trials"] if r["setting"] == setting]
         metric = primary_metric(s["task"])
         table[setting] = {v: _seeds(rows, v, metric) for v in s["variants"]}
-    return decide(table, data["tasks"], rule["candidate"], rule["against"], rule["margin"])
+    return decide(
+        table, data["tasks"], rule["candidate"], rule["against"], rule["margin"],
+        seeds=data["spec"]["seeds"],
+    )  # fmt: skip
 
 
 def _counts(rows) -> dict:

@@ -112,6 +112,21 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
     return lines
 
 
+def _finality(decision: Mapping) -> str:
+    complete = ", ".join(decision["complete"]) or "none"
+    if decision["broken"]:
+        return (
+            f"Final: {', '.join(decision['broken'])} has every planned seed and breaks the "
+            "margin, so no unfinished trial can make the rule pass."
+        )
+    if decision["final"]:
+        return f"Final: every setting has every planned seed ({complete})."
+    return (
+        f"Provisional: settings with every planned seed: {complete}; the unfinished trials "
+        "can still change the outcome."
+    )
+
+
 def _decision_markdown(decision: Mapping) -> list[str]:
     cand, against = decision["candidate"], decision["against"]
     lines = ["## Decision", ""]
@@ -123,6 +138,7 @@ def _decision_markdown(decision: Mapping) -> list[str]:
         f"above the margin in every setting: {'yes' if decision['within_margin'] else 'no'}).",
         "",
     ]
+    lines += [_finality(decision), ""]
     rows = []
     for setting, per in decision["settings"].items():
         for other, d in per.items():
