@@ -94,6 +94,22 @@ def test_the_rule_is_final_once_a_setting_with_every_seed_breaks_the_margin():
     assert decide(table, tasks, "cand", ["dsl", "dhm"], margin, seeds=[1, 2, 3])["final"]
 
 
+def test_study_tables_show_the_gradient_monitor_per_variant():
+    data = json.loads((STUDIES / "dhm_confirm" / "study.json").read_text())
+    data["trials"] = [t for t in data["trials"] if t["setting"] == "synthreid-12"]
+    dsl = [t for t in data["trials"] if t["variant"] == "dsl"]
+    for t, cos in zip(dsl, (0.5, 0.7, 0.9)):
+        t["monitor"] = {"grad/cos/main~aux1": cos, "grad/cos/aux1~aux2": 0.25}
+    summary = summarize(data)
+    mon = summary["settings"]["synthreid-12"]["variants"]["dsl"]["monitor"]
+    assert mon["main~aux1"]["mean"] == pytest.approx(0.7)
+    assert mon["main~aux1"]["std"] == pytest.approx(0.2)
+    md = study_markdown(data, summary)
+    assert "| variant | main~aux1 | main~aux2 | aux1~aux2 |" in md
+    assert "| `dsl` | 0.700 +- 0.200 | - | 0.250 +- 0.000 |" in md
+    assert "| `baseline` | " not in md.split("Gradient agreement")[1].split("Variants:")[0]
+
+
 # ------------------------------------------------------------------------- packing
 def test_runs_per_gpu_packing_for_a_given_gpu_count():
     plan = plan_slots(cpus=16, gpus=2, cpus_per_run=2, runs_per_gpu=3)

@@ -13,7 +13,8 @@ def summarize(data: Mapping) -> dict:
 
     Per setting: ``task``, ``metrics`` (deciding first), ``variants`` (variant ->
     ``n``, ``seeds``, ``metrics`` (metric -> mean/std/n), ``per_seed`` (seed -> deciding
-    metric), ``train_acc``, ``seconds`` (training time), ``failed`` (one-line errors)), ``diffs``
+    metric), ``train_acc``, ``seconds`` (training time), ``monitor`` (branch pair -> mean
+    gradient cosine on the shared stem), ``failed`` (one-line errors)), ``diffs``
     (variant -> reference -> metric -> paired difference with its ``verdict``) and
     ``trial_seconds`` (the finished trials' training times, summed).
     """
@@ -35,6 +36,7 @@ def summarize(data: Mapping) -> dict:
                 "per_seed": by_seed(ok, metrics[0]),
                 "train_acc": describe(r["train_acc"] for r in ok),
                 "seconds": describe(_train_seconds(r) for r in ok),
+                "monitor": _monitor(ok),
                 "failed": [f"seed {r['seed']}: {r.get('error', '')}" for r in vrows
                            if r["status"] != "ok"],
             }  # fmt: skip
@@ -89,6 +91,17 @@ def _decision(data: Mapping, settings: Mapping) -> dict | None:
         table, data["tasks"], rule["candidate"], rule["against"], rule["margin"],
         seeds=data["spec"]["seeds"],
     )  # fmt: skip
+
+
+def _monitor(rows) -> dict:
+    """Gradient-monitor pair -> mean/std over trials of each run's mean cosine on the shared
+    stem (``grad/cos/main~aux1`` ...; trials without a monitor give nothing)."""
+    keys = sorted({k for r in rows for k in r.get("monitor") or {}})
+    return {
+        k.removeprefix("grad/cos/"): describe(r["monitor"][k] for r in rows
+                                              if k in (r.get("monitor") or {}))
+        for k in keys
+    }  # fmt: skip
 
 
 def _counts(rows) -> dict:

@@ -88,6 +88,7 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
         "(each trial's epochs, summed; trials that ran side by side overlap).",
         "",
     ]
+    lines += _monitor_markdown(s["variants"])
     variant_list = ", ".join(
         f"`{name}`: {' '.join(spec['variants'][name]) or '(the setting as it is)'}"
         for name in s["variants"]
@@ -110,6 +111,25 @@ def _setting_markdown(setting: str, s: Mapping, spec: Mapping) -> list[str]:
     if failed:
         lines += ["Failed trials:", ""] + [f"- `{v}` {e}" for v, e in failed] + [""]
     return lines
+
+
+def _monitor_markdown(variants: Mapping) -> list[str]:
+    pairs = sorted(
+        {p for v in variants.values() for p in v.get("monitor") or {}},
+        key=lambda p: ("aux" in p.split("~")[0], p),
+    )  # main's pairs first
+    if not pairs:
+        return []
+    rows = [[f"`{name}`", *(_pm((v.get("monitor") or {}).get(p, {}), 3) for p in pairs)]
+            for name, v in variants.items() if v.get("monitor")]  # fmt: skip
+    return [
+        "Gradient agreement (the training-time monitor, paper 3.3: cosine between the "
+        "gradients two branches' losses send into the stages they share; each run's mean "
+        "over its samples, then mean +- std over seeds):",
+        "",
+        *table(["variant", *pairs], rows),
+        "",
+    ]
 
 
 def _finality(decision: Mapping) -> str:
