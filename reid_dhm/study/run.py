@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config.study import Study, Trial, spec_summary
 from ..utils.io import atomic_write_text
 from .executors import Plan, run_local, run_ray
+from .summary import known_tasks
 from .trial import TRIAL_FILE, read_row
 
 STUDY_FILE = "study.json"
@@ -103,7 +104,7 @@ def write_study(path: Path, study: Study, rows: Mapping[str, Mapping]) -> dict:
         "name": study.name,
         "study_file": str(study.path),
         "spec": spec_summary(study),
-        "tasks": dict(study.tasks),
+        "tasks": known_tasks(study.tasks, kept, list(study.spec.settings)),
         "trials": kept,
     }
     atomic_write_text(path, json.dumps(data, indent=1))

@@ -3,7 +3,7 @@ summaries, paired differences to the references, and the rule's decision."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .stats import METRICS, by_seed, decide, describe, paired, primary_metric, verdict
 
@@ -18,8 +18,8 @@ def summarize(data: Mapping) -> dict:
     (variant -> reference -> metric -> paired difference with its ``verdict``) and
     ``trial_seconds`` (the finished trials' training times, summed).
     """
-    spec, tasks = data["spec"], data["tasks"]
-    rows = data["trials"]
+    spec, rows = data["spec"], data["trials"]
+    tasks = known_tasks(data["tasks"], rows, list(spec["settings"]))
     settings = {}
     for setting, task in tasks.items():
         metrics = METRICS[task]
@@ -59,7 +59,8 @@ def summarize(data: Mapping) -> dict:
             "trial_seconds": sum(_train_seconds(r) for r in mine if r["status"] == "ok"),
         }
     counts = {**_counts(rows), "planned": _planned(spec)}
-    return {"settings": settings, "decision": _decision(data, settings), "counts": counts}
+    decision = _decision(data, settings, tasks)
+    return {"settings": settings, "decision": decision, "counts": counts}
 
 
 def _planned(spec: Mapping) -> int:
@@ -78,7 +79,7 @@ def _seeds(rows, variant: str, metric: str) -> dict[int, float]:
     return by_seed([r for r in rows if r["variant"] == variant], metric)
 
 
-def _decision(data: Mapping, settings: Mapping) -> dict | None:
+def _decision(data: Mapping, settings: Mapping, tasks: Mapping[str, str]) -> dict | None:
     rule = data["spec"].get("rule")
     if not rule:
         return None
@@ -88,7 +89,7 @@ def _decision(data: Mapping, settings: Mapping) -> dict | None:
         metric = primary_metric(s["task"])
         table[setting] = {v: _seeds(rows, v, metric) for v in s["variants"]}
     return decide(
-        table, data["tasks"], rule["candidate"], rule["against"], rule["margin"],
+        table, tasks, rule["candidate"], rule["against"], rule["margin"],
         seeds=data["spec"]["seeds"],
     )  # fmt: skip
 
@@ -104,6 +105,17 @@ def _monitor(rows) -> dict:
     }  # fmt: skip
 
 
+def known_tasks(
+    tasks: Mapping[str, str], rows: Iterable[Mapping], settings: Sequence[str]
+) -> dict[str, str]:
+    """Setting -> task for every setting of the study file that this run resolved or that
+    has trials on record, in the file's order. A run of some settings (``--settings``)
+    must not drop the others from ``study.json``'s reports."""
+    known = {r["setting"]: r["task"] for r in rows if r.get("task")}
+    known.update(tasks)
+    return {s: known[s] for s in settings if s in known}
+
+
 def _counts(rows) -> dict:
     return {
         "trials": len(rows),
@@ -112,4 +124,4 @@ def _counts(rows) -> dict:
     }
 
 
-__all__ = ["summarize"]
+__all__ = ["known_tasks", "summarize"]

@@ -136,8 +136,10 @@ def _finality(decision: Mapping) -> str:
     complete = ", ".join(decision["complete"]) or "none"
     if decision["broken"]:
         return (
-            f"Final: {', '.join(decision['broken'])} has every planned seed and breaks the "
-            "margin, so no unfinished trial can make the rule pass."
+            f"Final: {', '.join(decision['broken'])} "
+            f"{'has' if len(decision['broken']) == 1 else 'have'} every planned seed and "
+            f"{'breaks' if len(decision['broken']) == 1 else 'break'} the margin, so no "
+            "unfinished trial can make the rule pass."
         )
     if decision["final"]:
         return f"Final: every setting has every planned seed ({complete})."
