@@ -240,13 +240,14 @@ def embedding_dim(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
-def classifier_paths(model: nn.Module) -> tuple[str, ...]:
-    """Dotted names of ``model.get_classifier()``: one (``fc``, ``head``, ``head.fc``, ...)
-    or two for distilled models (LeViT, EfficientFormer: ``head`` and ``head_dist``)."""
+def _classifiers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """``(dotted name, module)`` of each of ``model.get_classifier()``: one (``fc``,
+    ``head``, ``head.fc``, ...) or two for distilled models (LeViT, EfficientFormer:
+    ``head`` and ``head_dist``); None if one is not a submodule."""
     heads = model.get_classifier()
-    heads = heads if isinstance(heads, tuple) else (heads,)
     names = {id(m): n for n, m in model.named_modules()}
-    return tuple(names[id(h)] for h in heads if id(h) in names)
+    found = [(names.get(id(h)), h) for h in (heads if isinstance(heads, tuple) else (heads,))]
+    return None if any(name is None for name, _ in found) else found
 
 
 def _head_tensors(head: nn.Module, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -266,14 +267,12 @@ def timm_head_state(net: nn.Module, classifier: nn.Linear) -> dict[str, Tensor] 
     A distilled model whose eval logits are the mean of two linear heads (LeViT,
     EfficientFormer) gets the trained classifier in both, so the mean is the classifier.
     """
-    heads = net.get_classifier()
-    heads = heads if isinstance(heads, tuple) else (heads,)
-    paths = classifier_paths(net)
-    if len(paths) != len(heads):
+    found = _classifiers(net)
+    if found is None:
         return None
     weight, bias = classifier.weight.detach(), classifier.bias.detach()
     state = {}
-    for head, path in zip(heads, paths):
+    for path, head in found:
         tensors = _head_tensors(head, weight, bias)
         if tensors is None:
             return None
