@@ -265,6 +265,59 @@ def test_local_executor_does_not_wait_for_children_a_trial_leaves_behind(tmp_pat
     assert row["status"] == "failed" and "exit code 3" in row["error"]
 
 
+def _trial_returning(job):
+    return {"key": job["key"], "status": "ok"}
+
+
+def test_a_trial_whose_study_stopped_listening_exits_quietly(capfd):
+    """A study being stopped closes its pipe before the trial returns: no traceback."""
+    import multiprocessing
+
+    from reid_dhm.study.executors import _trial_process
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    parent.close()
+    proc = ctx.Process(target=_trial_process, args=(child, _trial_returning, {"key": "t"}))
+    proc.start()
+    child.close()
+    proc.join(120)
+    assert proc.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
+BAR_TRIAL = """
+import sys
+from tqdm import tqdm
+
+
+def trial(job):
+    for _ in tqdm(range(3), file=sys.stderr):  # a bar, as every training run draws one
+        pass
+    return {"key": job["key"], "status": "ok"}
+"""
+
+
+def test_local_trials_leave_no_semaphore_for_the_resource_tracker(tmp_path):
+    """The tracker reports leaks when the study's interpreter exits: run one in a
+    subprocess and read its stderr."""
+    (tmp_path / "bar_trial.py").write_text(BAR_TRIAL)
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from bar_trial import trial\n"
+        "from reid_dhm.study.executors import Plan, run_local\n"
+        "jobs = [{'key': f't{i}', 'setting': 's', 'variant': 'v', 'seed': 1, 'task': 'reid',"
+        " 'config': {}} for i in range(2)]\n"
+        "rows = list(run_local(jobs, Plan((None,), 1, 0.0), target=trial))\n"
+        "assert [r['status'] for r in rows] == ['ok', 'ok'], rows\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "100%" in done.stderr  # the bars were drawn
+    assert "leaked" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "studies").glob("*.yaml")),
                          ids=lambda p: p.name)  # fmt: skip
 def test_every_shipped_study_file_resolves(path, tmp_path, monkeypatch):

@@ -12,12 +12,16 @@ Packing: ``runs_per_gpu = K`` lets K trials share each GPU (Ray: fractional GPUs
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as connection_wait
+
+from tqdm import tqdm
 
 from .trial import run_trial
 
@@ -78,8 +82,18 @@ def _job(job: dict, plan: Plan, slot: str | None) -> dict:
 
 def _trial_process(conn, target: Callable[[dict], dict], job: dict) -> None:
     """Body of a trial's process: run it, send its row, and end at once."""
+    # tqdm makes a multiprocessing lock for its bars on first use, and os._exit below
+    # skips that lock's finalizer, so the resource tracker reported one "leaked
+    # semaphore" per trial when the study ended. Only this process writes the trial's
+    # bars: a thread lock is all they need.
+    tqdm.set_lock(threading.RLock())
     try:
-        conn.send(target(job))
+        row = target(job)
+        # A study being stopped closes its end before the trial (stopped by SIGTERM
+        # after its iteration) returns; the trial's state is in its folder, and the
+        # rerun resumes it: nothing is lost, nothing to print.
+        with contextlib.suppress(BrokenPipeError):
+            conn.send(row)
     finally:
         conn.close()
         sys.stdout.flush()
