@@ -417,6 +417,97 @@ def test_a_study_killed_half_way_reruns_only_what_is_missing(tmp_path, tiny_reid
     assert sum(r["status"] == "ok" for r in rows.values()) == 8
 
 
+def test_a_trial_leaves_second_stop_signals_to_its_study():
+    from reid_dhm.runs.signals import StopSignals
+
+    with StopSignals(escalate=False) as stops:
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert stops.pending() == signal.SIGTERM  # the second did not exit
+    with pytest.raises(SystemExit) as out, StopSignals() as stops:  # a run: it does
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    assert out.value.code == 128 + signal.SIGTERM
+
+
+def test_a_study_driver_raises_on_a_stop_signal_and_restores_the_handlers():
+    from reid_dhm.runs.signals import StopRequested, raise_on_stop_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopRequested, match="stopped by SIGTERM"), raise_on_stop_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_trial_stopped_by_a_signal_is_interrupted_not_failed():
+    from reid_dhm.runs.errors import RunStopped
+    from reid_dhm.study.trial import _ended
+
+    stopped = _ended(RunStopped("stopped by SIGTERM in epoch 2", 143, signal.SIGTERM))
+    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"]
+    assert _ended(KeyboardInterrupt())["status"] == "interrupted"
+    assert _ended(RunStopped("the evaluation failed: ...", 1)) == {
+        "status": "failed", "error": "the evaluation failed: ..."}  # fmt: skip
+    assert _ended(ValueError("bad lr"))["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_study_alone_stops_its_trials_and_the_rerun_resumes(tmp_path, tiny_cifar10):
+    """`kill PID` of the study (not its group): the running trials must not live on as
+    orphans holding their folders; one line says how to resume; the rerun finishes."""
+    path = tmp_path / "long.yaml"
+    path.write_text(f"""
+name: long
+seeds: [1, 2]
+reference: [dsl]
+settings:
+  cls:
+    dataset: cifar10
+    overrides: [data.root={tiny_cifar10}, model.name=dhm_cifar_resnet20, data.workers=0,
+      train.max_epoch=40, data.batch_size=20, train.eval_freq=0]
+variants:
+  dsl: [loss.mode=dsl]
+  dhm: [loss.mode=dhm]
+""")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "reid_dhm", "study", str(path), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list((out / "runs").glob("*/*/*/checkpoint.pth")):  # a trial mid-run
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "Traceback" not in err
+        assert "stopped by SIGTERM" in err and "run the same command again" in err
+        deadline = time.time() + 30  # every trial process of the study is gone
+        while True:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.time() < deadline, "trial processes outlived the stopped study"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    rows = _rows(out)
+    assert all(r["status"] == "ok" for r in rows.values())  # none recorded as failed
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(rows)} finished earlier" in done.stdout
+    assert "resuming the interrupted trial" in "".join(
+        p.read_text() for p in (out / "runs").glob("*/*/*/log.txt")
+    )
+    assert sum(r["status"] == "ok" for r in _rows(out).values()) == 4
+
+
 @pytest.mark.slow
 def test_ray_executor_runs_the_study(tmp_path, tiny_reid, tiny_cifar10):
     pytest.importorskip("ray", reason="Ray is in the dev and study extras")

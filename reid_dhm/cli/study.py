@@ -69,8 +69,18 @@ def _gpus(given: int | None) -> int:
     return torch.cuda.device_count()
 
 
+def _stopped_line(stop, out: Path) -> str:
+    return (
+        f"{stop}: the finished trials are in {out / 'study.json'}, the running ones stopped "
+        "after their iteration and keep their last complete epoch; run the same command "
+        "again to resume the study"
+    )
+
+
 def _study(args) -> int:
     from ..config.study import load_study
+    from ..runs.errors import RunStopped
+    from ..runs.signals import StopRequested, raise_on_stop_signals
     from ..study import plan_slots, read_study, run_study, write_reports
     from ..utils.io import atomic_write_text
 
@@ -86,8 +96,12 @@ def _study(args) -> int:
                               args.runs_per_gpu, args.jobs)  # fmt: skip
         except ValueError as err:
             raise UsageError(str(err)) from None
-        data = run_study(study, out, args.runs_dir and Path(args.runs_dir), args.executor, plan,
-                         args.address)  # fmt: skip
+        try:
+            with raise_on_stop_signals():
+                data = run_study(study, out, args.runs_dir and Path(args.runs_dir),
+                                 args.executor, plan, args.address)  # fmt: skip
+        except StopRequested as stop:
+            raise RunStopped(_stopped_line(stop, out), 128 + stop.signum, stop.signum) from None
     md, page = write_reports(out, data)
     if args.markdown:
         atomic_write_text(Path(args.markdown), md.read_text())

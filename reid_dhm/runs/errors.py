@@ -8,11 +8,15 @@ class UsageError(Exception):
 
 
 class RunStopped(Exception):
-    """A run that ends early on purpose or after a failure it explains: one line, ``code``."""
+    """A run that ends early on purpose or after a failure it explains: one line, ``code``.
 
-    def __init__(self, message: str, code: int):
+    ``signum`` is the stop signal that ended it (None for a failure it explains).
+    """
+
+    def __init__(self, message: str, code: int, signum: int | None = None):
         super().__init__(message)
         self.code = code
+        self.signum = signum
 
 
 def error_line(err: BaseException) -> str:

@@ -12,8 +12,10 @@ class StopSignals:
     """SIGINT / SIGTERM set a flag that the training loop reads after every iteration.
 
     The current iteration finishes, nothing is left half-written, and the run says how
-    to resume. A second signal of the same kind acts at once (SIGINT: a
-    KeyboardInterrupt; SIGTERM: exit 128 + 15). Handlers are installed only in the main
+    to resume. A second signal acts at once (SIGINT: a KeyboardInterrupt; SIGTERM: exit
+    128 + 15) unless ``escalate`` is False: a study's trial ignores it, because the study
+    that started the trial decides when to kill it (and a Ctrl-C reaches the trial both
+    from the terminal and from the study). Handlers are installed only in the main
     thread and restored on exit.
 
     Inside :meth:`at_once` (an evaluation, which writes nothing and has no iteration
@@ -21,8 +23,9 @@ class StopSignals:
     object is :meth:`pending`, so it can be given as ``train(..., should_stop=...)``.
     """
 
-    def __init__(self):
+    def __init__(self, escalate: bool = True):
         self.signum: int | None = None
+        self.escalate = escalate
         self._old: dict = {}
         self._at_once = False
 
@@ -36,7 +39,9 @@ class StopSignals:
         return self
 
     def _handle(self, signum, _frame) -> None:
-        if self.signum is not None and not self._at_once:  # the second one: stop now
+        if self.signum is not None and not self._at_once:  # the second one
+            if not self.escalate:
+                return
             self._restore()
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -84,4 +89,37 @@ class StopSignals:
         self._restore()
 
 
-__all__ = ["StopSignals"]
+class StopRequested(Exception):
+    """A stop signal (``signum``) that a process waiting on others acts on at once."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def raise_on_stop_signals() -> Iterator[None]:
+    """Within the block every SIGINT / SIGTERM raises :class:`StopRequested` at once.
+
+    For a process with no iteration of its own to finish, one that waits on others (a
+    study's driver waits on its trials): the exception unwinds it through the code that
+    stops what it started. Main thread only (elsewhere nothing is installed).
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, _frame):
+        raise StopRequested(signum)
+
+    old = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["StopRequested", "StopSignals", "raise_on_stop_signals"]

@@ -271,6 +271,7 @@ class _Run:
             raise RunStopped(
                 interrupted_line(stop, self.out, _saved_epoch(trainer, self.parts["start"])),
                 128 + stop.signum,
+                signum=stop.signum,
             ) from None
         except EvaluationFailed as err:
             failed = err  # write what is known first, then say how to finish the job
@@ -296,7 +297,9 @@ class _Run:
             with stop_at_once(should_stop):
                 evaluation = self.setup.task.evaluate(self.parts["wrapped"])
         except TrainingInterrupted as stop:
-            raise RunStopped(_eval_stopped_line(stop, self.ckpt), 128 + stop.signum) from None
+            raise RunStopped(
+                _eval_stopped_line(stop, self.ckpt), 128 + stop.signum, signum=stop.signum
+            ) from None
         results = self._identity()
         results.update(
             checkpoint=str(self.ckpt.get("path")), checkpoint_epochs=self.ckpt.get("epoch")

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as connection_wait
@@ -26,6 +27,8 @@ from tqdm import tqdm
 from .trial import run_trial
 
 EXECUTORS = ("local", "ray")
+# Seconds a stopped study gives its running trials to finish their iteration.
+STOP_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -143,19 +146,33 @@ def run_local(
                 free.append(slot)
                 yield _result(job, None if row is None else (lambda r=row: r), error)
     finally:
-        for conn, (_, _, proc) in running.items():
+        for conn in running:
             conn.close()
-            if proc.is_alive():
-                proc.terminate()  # the trial stops after its iteration (checkpoint kept)
-            _reap(proc, grace=60)
+        _stop([proc for _, _, proc in running.values()])
 
 
 def _reap(proc, grace: float = 30) -> None:
     """Wait for a trial's process to end; kill it if it has not after ``grace`` s."""
-    proc.join(grace)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+    _stop([proc], grace, terminate=False)
+
+
+def _stop(procs: Sequence, grace: float = STOP_GRACE, terminate: bool = True) -> None:
+    """End trial processes: SIGTERM to all at once (each stops after its iteration, its
+    last complete epoch kept), then SIGKILL whatever is left after ``grace`` s in all, or
+    at once when this wait is itself interrupted (a second Ctrl-C)."""
+    try:
+        if terminate:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 def _result(job: dict, get: Callable[[], dict] | None, err: BaseException | None) -> dict:

@@ -10,6 +10,7 @@ their checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -170,16 +171,19 @@ def run_study(
         stream = run_local(jobs, plan)
     seconds: list[float] = []
     failed = 0
-    for n, row in enumerate(stream, 1):
-        if row["status"] != "interrupted":
-            rows[row["key"]] = row
-        seconds.append(row.get("seconds", 0.0))
-        failed += row["status"] != "ok"
-        data = write_study(path, study, rows)
-        echo(
-            f"[{n}/{len(todo)}] {row['key']} {row.get('seconds', 0):.0f} s: {_describe(row)}"
-            f"  (ETA {_eta(seconds, len(todo) - n, plan.concurrency)})"
-        )
+    # closing(): a stop raised while this loop (not the executor) runs must still end the
+    # running trials now, not whenever the suspended generator is collected.
+    with contextlib.closing(stream):
+        for n, row in enumerate(stream, 1):
+            if row["status"] != "interrupted":
+                rows[row["key"]] = row
+            seconds.append(row.get("seconds", 0.0))
+            failed += row["status"] != "ok"
+            data = write_study(path, study, rows)
+            echo(
+                f"[{n}/{len(todo)}] {row['key']} {row.get('seconds', 0):.0f} s: {_describe(row)}"
+                f"  (ETA {_eta(seconds, len(todo) - n, plan.concurrency)})"
+            )
     echo(
         f"study {study.name!r}: {len(todo) - failed} of {len(todo)} trials finished"
         + (f", {failed} failed (see their log.txt; rerun to retry them)" if failed else "")

@@ -68,12 +68,8 @@ def run_trial(job: Mapping) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         with captured_output(out / LOG_FILE):
             row.update(_train(cfg, job, out))
-    except KeyboardInterrupt:
-        row.update(status="interrupted", error="interrupted; rerun the study to resume it")
     except BaseException as err:  # noqa: BLE001 - a trial never stops the others
-        from ..runs.errors import error_line
-
-        row.update(status="failed", error=error_line(err) or type(err).__name__)
+        row.update(_ended(err))
     row["seconds"] = time.time() - start
     row["host"], row["pid"] = socket.gethostname(), os.getpid()
     row["config"] = job["config"]
@@ -82,9 +78,27 @@ def run_trial(job: Mapping) -> dict:
     return row
 
 
+def _ended(err: BaseException) -> dict:
+    """Status and one-line error of a trial that raised ``err``: a stop signal leaves it
+    ``interrupted`` (its folder keeps the last complete epoch; the study's rerun resumes
+    it), anything else ``failed``."""
+    import signal
+
+    from ..runs.errors import RunStopped, error_line
+
+    signum = getattr(err, "signum", None) if isinstance(err, RunStopped) else None
+    if isinstance(err, KeyboardInterrupt):
+        signum = signal.SIGINT
+    if signum is not None:
+        line = f"stopped by {signal.Signals(signum).name}; rerun the study to resume it"
+        return {"status": "interrupted", "error": line}
+    return {"status": "failed", "error": error_line(err) or type(err).__name__}
+
+
 def _train(cfg: dict, job: Mapping, out: Path) -> dict:
     import torch
 
+    from ..runs.signals import StopSignals
     from ..runs.training import train
 
     if job.get("threads"):
@@ -92,7 +106,10 @@ def _train(cfg: dict, job: Mapping, out: Path) -> dict:
     checkpoint = resumable_checkpoint(out, job["config"])
     if checkpoint is not None:
         print(f"=> resuming the interrupted trial from {checkpoint}", flush=True)
-    result = train(cfg, checkpoint=checkpoint)
+    # A stop signal (the study being stopped, or Ctrl-C reaching the whole process group)
+    # ends the trial after its iteration; the study decides when to kill it.
+    with StopSignals(escalate=False) as stops:
+        result = train(cfg, checkpoint=checkpoint, should_stop=stops)
     return row_fields(result.results, result.history, job["task"], cfg["data"]["dataset"])
 
 
