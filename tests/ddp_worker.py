@@ -66,6 +66,14 @@ def data(n: int, seed: int) -> TensorDataset:
 def main(out: str) -> None:
     torch.set_num_threads(1)
     info = dist.init_distributed("cpu")
+    payload = train_and_measure(info)  # its DDP wrapper is garbage once this returns
+    if info.is_main:
+        Path(out).write_text(json.dumps(payload))
+    dist.cleanup()  # collects that garbage, then leaves the process group
+
+
+def train_and_measure(info: dist.DistInfo) -> dict:
+    """Train, evaluate and gather features; the JSON payload (rank 0's is written)."""
     torch.manual_seed(0)  # same initial weights everywhere (DDP would broadcast anyway)
     model = TinyNoBNNet()
     wrapped = dist.wrap_model(model)
@@ -90,23 +98,20 @@ def main(out: str) -> None:
         local = torch.cat([model(x) for x, _ in test_loader])
     gathered = dist.gather_concat(local)
     sums = dist.all_reduce_dict({"n": float(len(local)), "rank": float(info.rank)})
-    if info.is_main:
-        with torch.no_grad():
-            full = model(test_set.tensors[0])
-        payload = {
-            "world_size": info.world_size,
-            "history": [
-                {k: v for k, v in h.items() if isinstance(v, float) and k != "seconds"}
-                for h in engine.history
-            ],
-            "params": [p.detach().flatten().tolist() for p in model.parameters()],
-            "results": results,
-            "gathered_matches": bool(torch.allclose(gathered, full, atol=1e-5)),
-            "gathered_rows": int(gathered.shape[0]),
-            "sums": sums,
-        }
-        Path(out).write_text(json.dumps(payload))
-    dist.cleanup()
+    with torch.no_grad():
+        full = model(test_set.tensors[0])
+    return {
+        "world_size": info.world_size,
+        "history": [
+            {k: v for k, v in h.items() if isinstance(v, float) and k != "seconds"}
+            for h in engine.history
+        ],
+        "params": [p.detach().flatten().tolist() for p in model.parameters()],
+        "results": results,
+        "gathered_matches": bool(torch.allclose(gathered, full, atol=1e-5)),
+        "gathered_rows": int(gathered.shape[0]),
+        "sums": sums,
+    }
 
 
 if __name__ == "__main__":

@@ -82,6 +82,33 @@ def test_per_process_batch_must_divide(monkeypatch):
         dist.per_process_batch(16)
 
 
+def test_cleanup_frees_a_finished_ddp_wrapper_before_leaving_the_group(tmp_path, monkeypatch):
+    """A DDP wrapper that only a reference cycle keeps alive (as a finished run's is) is
+    freed by cleanup() while Python is alive, not during the interpreter's exit."""
+    import gc
+    import weakref
+
+    import torch.distributed as tdist
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    store = f"file://{tmp_path / 'store'}"
+    tdist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    gc.disable()  # only cleanup() may collect
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+        wrapped.cycle = [wrapped]  # like an engine and its hooks
+        alive = weakref.ref(wrapped)
+        del wrapped
+        assert alive() is not None  # the cycle keeps it
+        dist.cleanup()
+        assert not tdist.is_initialized()
+        assert alive() is None
+    finally:
+        gc.enable()
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------- 2 processes
 @pytest.mark.slow  # one run alone and one under torchrun: over 20 s on 2 CPU cores
 def test_two_processes_give_the_same_training_as_one(tmp_path):

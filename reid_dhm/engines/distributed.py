@@ -53,6 +53,7 @@ are inactive in some epochs, pass ``find_unused_parameters=True`` to
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -156,6 +157,13 @@ def cleanup(barrier: bool = True) -> None:
             if barrier:
                 tdist.barrier()
         finally:
+            # A finished run's DDP wrapper (its reducer holds the gloo/nccl backend) is
+            # often kept alive only by reference cycles (optimizer <-> scheduler, engine
+            # hooks). Left to the interpreter's exit, the backend's worker threads are torn
+            # down during finalisation, which can abort the process ("terminate called
+            # without an active exception", seen under CPU oversubscription; pytorch
+            # #179291). Collecting here frees it while Python is fully alive.
+            gc.collect()
             tdist.destroy_process_group()
 
 
