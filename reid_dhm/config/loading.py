@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from ..utils.io import yaml_text
+
 BASE_KEY = "_base_"
 
 
@@ -202,14 +204,4 @@ def config_changes(before: Mapping, after: Mapping, prefix: str = "") -> list[st
 
 def dump_config(cfg: Mapping) -> str:
     """The resolved config as YAML (the ``config.yaml`` saved beside a run's outputs)."""
-    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    return yaml_text(cfg)

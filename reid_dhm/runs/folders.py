@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ..utils.checkpoint import load_checkpoint
-from ..utils.io import atomic_write_text, check_output_dir
+from ..utils.io import atomic_write_text, check_output_dir, yaml_text
 from .errors import UsageError, error_line
 
 CHECKPOINT_NAMES = ("checkpoint.pth", "checkpoint.prev.pth")
@@ -27,11 +27,9 @@ def default_output_dir(cfg: Mapping) -> Path:
 
 def write_config(cfg: Mapping, out_dir: Path, evaluated: str | None = None) -> Path:
     """``out_dir/config.yaml``; an evaluation's names the checkpoint it evaluated."""
-    from ..config import dump_config
-
     path = out_dir / "config.yaml"
     head = f"# evaluation of {evaluated}\n" if evaluated else ""
-    atomic_write_text(path, head + dump_config(cfg))
+    atomic_write_text(path, head + yaml_text(cfg))
     return path
 
 

@@ -14,8 +14,11 @@ import os
 import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 # Errors that mean "this file system has no room for the write".
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -214,3 +217,20 @@ __all__ = [
     "check_output_dir",
     "torch_size",
 ]
+
+
+def yaml_text(data: Mapping) -> str:
+    """A nested mapping as block YAML in its own key order (paths and tuples as plain
+    YAML), e.g. a run's ``config.yaml``: in ``utils/`` so that ``runs/`` writes its
+    config without importing the config layer above it."""
+    return yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
