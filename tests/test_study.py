@@ -94,6 +94,31 @@ def test_the_rule_is_final_once_a_setting_with_every_seed_breaks_the_margin():
     assert decide(table, tasks, "cand", ["dsl", "dhm"], margin, seeds=[1, 2, 3])["final"]
 
 
+def test_eta_counts_epochs_at_each_settings_measured_rate():
+    from reid_dhm.config.study import Trial
+    from reid_dhm.study.run import eta_seconds
+
+    def trial(setting, epochs):
+        return Trial(setting, "dhm", 1, {"train": {"max_epoch": epochs}})
+
+    def row(setting, seconds, epochs, start=0, status="ok"):
+        return {"setting": setting, "status": status, "seconds": seconds,
+                "epochs": epochs, "start_epoch": start}  # fmt: skip
+
+    assert eta_seconds([], [trial("a", 10)], 2) is None  # nothing measured yet
+    assert eta_seconds([row("a", 9.0, 0, status="failed")], [trial("a", 10)], 2) is None
+    # a: 100 s for 10 epochs, and a resumed trial's 30 s for its last 3 (of 10): 10 s/epoch;
+    # b: 60 s for 12 epochs = 5 s/epoch. Both: 190 s / 25 epochs = 7.6 s/epoch.
+    done = [row("a", 100.0, 10), row("a", 30.0, 10, start=7), row("b", 60.0, 12)]
+    done.append(row("a", 5.0, 0, status="interrupted"))  # says nothing about speed
+    left = [trial("a", 10), trial("a", 20), trial("b", 12), trial("c", 10)]
+    expected = (10 * 10 + 10 * 20 + 5 * 12 + 7.6 * 10) / 2  # 218 s, over the longest
+    assert eta_seconds(done, left, 2) == pytest.approx(expected)
+    # never shorter than the longest trial left (one slot idles)
+    assert eta_seconds(done, [trial("a", 40), trial("b", 4)], 4) == pytest.approx(400)
+    assert eta_seconds(done, [], 2) is None
+
+
 def test_study_tables_show_the_gradient_monitor_per_variant():
     data = json.loads((STUDIES / "dhm_confirm" / "study.json").read_text())
     data["trials"] = [
@@ -505,7 +530,10 @@ variants:
     assert "resuming the interrupted trial" in "".join(
         p.read_text() for p in (out / "runs").glob("*/*/*/log.txt")
     )
-    assert sum(r["status"] == "ok" for r in _rows(out).values()) == 4
+    rows = _rows(out)
+    assert sum(r["status"] == "ok" for r in rows.values()) == 4
+    resumed = [r for r in rows.values() if r["start_epoch"] > 0]
+    assert resumed and all(r["start_epoch"] < r["epochs"] == 40 for r in resumed)
 
 
 @pytest.mark.slow

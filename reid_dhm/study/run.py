@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..config.study import Study, Trial, spec_summary
@@ -112,11 +112,42 @@ def write_study(path: Path, study: Study, rows: Mapping[str, Mapping]) -> dict:
     return data
 
 
-def _eta(seconds: list[float], remaining: int, concurrency: int) -> str:
-    if not seconds or remaining <= 0:
+def eta_seconds(finished: Sequence[Mapping], remaining: Sequence[Trial], concurrency: int):
+    """Seconds until the remaining trials end, or None before any trial has trained.
+
+    Each remaining trial costs its ``train.max_epoch`` epochs at its setting's measured
+    rate: the wall time of this run's finished trials of that setting over the epochs
+    they trained (a resumed trial trained only its last ones, so a per-trial mean would
+    take its minutes for a whole trial's), or the study's rate over all settings where a
+    setting has none yet. Trials run ``concurrency`` at a time, but no faster than the
+    longest one.
+
+    Args:
+        finished: rows of this run (``setting``, ``status``, ``seconds``, ``epochs``,
+            ``start_epoch``); failed and interrupted ones say nothing about speed.
+        remaining: the trials not finished yet (the running ones count whole).
+    """
+    spent: dict[str, list] = {}
+    for row in finished:
+        epochs = int(row.get("epochs", 0)) - int(row.get("start_epoch", 0))
+        if row.get("status") == "ok" and epochs > 0:
+            total = spent.setdefault(row["setting"], [0.0, 0])
+            total[0] += float(row.get("seconds", 0.0))
+            total[1] += epochs
+    if not spent or not remaining:
+        return None
+    overall = [sum(s for s, _ in spent.values()), sum(e for _, e in spent.values())]
+    costs = []
+    for trial in remaining:
+        seconds, epochs = spent.get(trial.setting, overall)
+        costs.append(seconds / epochs * int(trial.config["train"]["max_epoch"]))
+    return max(sum(costs) / max(1, concurrency), max(costs))
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
         return "-"
-    left = sum(seconds) / len(seconds) * remaining / max(1, concurrency)
-    h, rest = divmod(int(left), 3600)
+    h, rest = divmod(int(seconds), 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
 
@@ -169,7 +200,7 @@ def run_study(
         stream = run_ray(jobs, plan, address, cpus=os.cpu_count(), gpus=_gpu_count(plan))
     else:
         stream = run_local(jobs, plan)
-    seconds: list[float] = []
+    finished: list[Mapping] = []
     failed = 0
     # closing(): a stop raised while this loop (not the executor) runs must still end the
     # running trials now, not whenever the suspended generator is collected.
@@ -177,12 +208,14 @@ def run_study(
         for n, row in enumerate(stream, 1):
             if row["status"] != "interrupted":
                 rows[row["key"]] = row
-            seconds.append(row.get("seconds", 0.0))
+            finished.append(row)
             failed += row["status"] != "ok"
             data = write_study(path, study, rows)
+            ended = {r["key"] for r in finished}
+            eta = eta_seconds(finished, [t for t in todo if t.key not in ended], plan.concurrency)
             echo(
                 f"[{n}/{len(todo)}] {row['key']} {row.get('seconds', 0):.0f} s: {_describe(row)}"
-                f"  (ETA {_eta(seconds, len(todo) - n, plan.concurrency)})"
+                f"  (ETA {_clock(eta)})"
             )
     echo(
         f"study {study.name!r}: {len(todo) - failed} of {len(todo)} trials finished"
@@ -218,4 +251,12 @@ def write_reports(out: Path, data: Mapping) -> tuple[Path, Path]:
     return md, page
 
 
-__all__ = ["STUDY_FILE", "read_study", "run_study", "trial_dir", "write_reports", "write_study"]
+__all__ = [
+    "STUDY_FILE",
+    "eta_seconds",
+    "read_study",
+    "run_study",
+    "trial_dir",
+    "write_reports",
+    "write_study",
+]

@@ -103,18 +103,23 @@ def _train(cfg: dict, job: Mapping, out: Path) -> dict:
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
-    checkpoint = resumable_checkpoint(out, job["config"])
+    checkpoint, start_epoch = resumable_checkpoint(out, job["config"]), 0
     if checkpoint is not None:
+        start_epoch = int(checkpoint[1])
+        checkpoint = checkpoint[0]
         print(f"=> resuming the interrupted trial from {checkpoint}", flush=True)
     # A stop signal (the study being stopped, or Ctrl-C reaching the whole process group)
     # ends the trial after its iteration; the study decides when to kill it.
     with StopSignals(escalate=False) as stops:
         result = train(cfg, checkpoint=checkpoint, should_stop=stops)
-    return row_fields(result.results, result.history, job["task"], cfg["data"]["dataset"])
+    row = row_fields(result.results, result.history, job["task"], cfg["data"]["dataset"])
+    # The epochs this process trained (the study's ETA measures seconds per epoch).
+    return {**row, "start_epoch": start_epoch}
 
 
-def resumable_checkpoint(out: Path, config: Mapping) -> Path | None:
-    """``out/checkpoint.pth`` when it holds an unfinished run of the same config."""
+def resumable_checkpoint(out: Path, config: Mapping) -> tuple[Path, int] | None:
+    """``out/checkpoint.pth`` and the epochs it has trained, when it holds an unfinished
+    run of the same config."""
     import torch
 
     from ..config.study import Trial
@@ -123,12 +128,12 @@ def resumable_checkpoint(out: Path, config: Mapping) -> Path | None:
     if not path.is_file():
         return None
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True).get("config")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a damaged checkpoint: start the trial again
         return None
-    if not Trial("", "", 0, dict(config)).same_run(stored):
+    if not Trial("", "", 0, dict(config)).same_run(ckpt.get("config")):
         return None
-    return path
+    return path, int(ckpt.get("epoch", 0))
 
 
 def row_fields(results: Mapping, history, task: str, dataset: str) -> dict:
