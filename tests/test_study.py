@@ -313,19 +313,33 @@ def test_a_trial_whose_study_stopped_listening_exits_quietly(capfd):
 
 BAR_TRIAL = """
 import sys
+
+import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+HELD = []
 
 
 def trial(job):
     for _ in tqdm(range(3), file=sys.stderr):  # a bar, as every training run draws one
         pass
-    return {"key": job["key"], "status": "ok"}
+    # Stopped mid-epoch: a loader iterator (a worker, queues with named semaphores) still
+    # referenced, from a reference cycle (as a run's engine holds it) or from a global.
+    batches = iter(DataLoader(torch.arange(64.0), batch_size=4, num_workers=1))
+    next(batches)
+    if job["key"] == "t0":
+        cycle = [batches]
+        cycle.append(cycle)
+    else:
+        HELD.append(batches)
+    return {"key": job["key"], "status": "interrupted"}
 """
 
 
 def test_local_trials_leave_no_semaphore_for_the_resource_tracker(tmp_path):
     """The tracker reports leaks when the study's interpreter exits: run one in a
-    subprocess and read its stderr."""
+    subprocess and read its stderr (tqdm's lock, the loaders' queues of a stopped trial)."""
     (tmp_path / "bar_trial.py").write_text(BAR_TRIAL)
     script = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
@@ -334,7 +348,7 @@ def test_local_trials_leave_no_semaphore_for_the_resource_tracker(tmp_path):
         "jobs = [{'key': f't{i}', 'setting': 's', 'variant': 'v', 'seed': 1, 'task': 'reid',"
         " 'config': {}} for i in range(2)]\n"
         "rows = list(run_local(jobs, Plan((None,), 1, 0.0), target=trial))\n"
-        "assert [r['status'] for r in rows] == ['ok', 'ok'], rows\n"
+        "assert [r['status'] for r in rows] == ['interrupted'] * 2, rows\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
                           text=True, timeout=300)  # fmt: skip
