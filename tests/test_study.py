@@ -94,26 +94,29 @@ def test_the_rule_is_final_once_a_setting_with_every_seed_breaks_the_margin():
     assert decide(table, tasks, "cand", ["dsl", "dhm"], margin, seeds=[1, 2, 3])["final"]
 
 
-def test_eta_counts_epochs_at_each_settings_measured_rate():
+def test_eta_counts_epochs_at_the_closest_measured_rate():
     from reid_dhm.config.study import Trial
     from reid_dhm.study.run import eta_seconds
 
-    def trial(setting, epochs):
-        return Trial(setting, "dhm", 1, {"train": {"max_epoch": epochs}})
+    def trial(setting, epochs, variant="dhm"):
+        return Trial(setting, variant, 1, {"train": {"max_epoch": epochs}})
 
-    def row(setting, seconds, epochs, start=0, status="ok"):
-        return {"setting": setting, "status": status, "seconds": seconds,
-                "epochs": epochs, "start_epoch": start}  # fmt: skip
+    def row(setting, seconds, epochs, start=0, status="ok", variant="dhm"):
+        return {"setting": setting, "variant": variant, "status": status,
+                "seconds": seconds, "epochs": epochs, "start_epoch": start}  # fmt: skip
 
     assert eta_seconds([], [trial("a", 10)], 2) is None  # nothing measured yet
     assert eta_seconds([row("a", 9.0, 0, status="failed")], [trial("a", 10)], 2) is None
-    # a: 100 s for 10 epochs, and a resumed trial's 30 s for its last 3 (of 10): 10 s/epoch;
-    # b: 60 s for 12 epochs = 5 s/epoch. Both: 190 s / 25 epochs = 7.6 s/epoch.
+    # a/dhm: 100 s for 10 epochs, and a resumed trial's 30 s for its last 3 (of 10):
+    # 10 s/epoch; a/baseline: 40 s for 10 epochs = 4 s/epoch; so a: 170 s / 23 epochs;
+    # b/dhm: 60 s for 12 epochs = 5 s/epoch. Everything: 230 s / 35 epochs.
     done = [row("a", 100.0, 10), row("a", 30.0, 10, start=7), row("b", 60.0, 12)]
+    done.append(row("a", 40.0, 10, variant="baseline"))
     done.append(row("a", 5.0, 0, status="interrupted"))  # says nothing about speed
-    left = [trial("a", 10), trial("a", 20), trial("b", 12), trial("c", 10)]
-    expected = (10 * 10 + 10 * 20 + 5 * 12 + 7.6 * 10) / 2  # 218 s, over the longest
-    assert eta_seconds(done, left, 2) == pytest.approx(expected)
+    left = [trial("a", 10), trial("a", 20, "baseline"), trial("a", 10, "dsl"),
+            trial("b", 12), trial("c", 10)]  # fmt: skip
+    costs = [10 * 10, 4 * 20, 170 / 23 * 10, 5 * 12, 230 / 35 * 10]
+    assert eta_seconds(done, left, 2) == pytest.approx(sum(costs) / 2)
     # never shorter than the longest trial left (one slot idles)
     assert eta_seconds(done, [trial("a", 40), trial("b", 4)], 4) == pytest.approx(400)
     assert eta_seconds(done, [], 2) is None

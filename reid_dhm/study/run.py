@@ -115,31 +115,33 @@ def write_study(path: Path, study: Study, rows: Mapping[str, Mapping]) -> dict:
 def eta_seconds(finished: Sequence[Mapping], remaining: Sequence[Trial], concurrency: int):
     """Seconds until the remaining trials end, or None before any trial has trained.
 
-    Each remaining trial costs its ``train.max_epoch`` epochs at its setting's measured
-    rate: the wall time of this run's finished trials of that setting over the epochs
-    they trained (a resumed trial trained only its last ones, so a per-trial mean would
-    take its minutes for a whole trial's), or the study's rate over all settings where a
-    setting has none yet. Trials run ``concurrency`` at a time, but no faster than the
-    longest one.
+    Each remaining trial costs its ``train.max_epoch`` epochs at the measured rate of
+    the closest kind of trial: the wall time of this run's finished trials of the same
+    setting and variant (a baseline trains twice as fast as DHM) over the epochs they
+    trained (a resumed trial trained only its last ones, so a per-trial mean would take
+    its minutes for a whole trial's); else of the same setting; else of the whole study.
+    Trials run ``concurrency`` at a time, but no faster than the longest one.
 
     Args:
-        finished: rows of this run (``setting``, ``status``, ``seconds``, ``epochs``,
-            ``start_epoch``); failed and interrupted ones say nothing about speed.
+        finished: rows of this run (``setting``, ``variant``, ``status``, ``seconds``,
+            ``epochs``, ``start_epoch``); failed and interrupted ones say nothing about
+            speed.
         remaining: the trials not finished yet (the running ones count whole).
     """
-    spent: dict[str, list] = {}
+    spent: dict[tuple, list] = {}  # (setting, variant), (setting,) and () -> [s, epochs]
     for row in finished:
         epochs = int(row.get("epochs", 0)) - int(row.get("start_epoch", 0))
         if row.get("status") == "ok" and epochs > 0:
-            total = spent.setdefault(row["setting"], [0.0, 0])
-            total[0] += float(row.get("seconds", 0.0))
-            total[1] += epochs
+            for key in ((row["setting"], row.get("variant")), (row["setting"],), ()):
+                total = spent.setdefault(key, [0.0, 0])
+                total[0] += float(row.get("seconds", 0.0))
+                total[1] += epochs
     if not spent or not remaining:
         return None
-    overall = [sum(s for s, _ in spent.values()), sum(e for _, e in spent.values())]
     costs = []
     for trial in remaining:
-        seconds, epochs = spent.get(trial.setting, overall)
+        keys = ((trial.setting, trial.variant), (trial.setting,), ())
+        seconds, epochs = next(spent[k] for k in keys if k in spent)
         costs.append(seconds / epochs * int(trial.config["train"]["max_epoch"]))
     return max(sum(costs) / max(1, concurrency), max(costs))
 
