@@ -154,6 +154,34 @@ def test_a_run_of_some_settings_keeps_the_others_in_the_reports(tmp_path):
     }
 
 
+def test_report_only_takes_the_study_files_prose_as_it_is_now(tmp_path, tiny_reid, tiny_cifar10):
+    """A conclusion is written after the trials ran: --report-only prints it after the
+    decision and keeps study.json (from which the committed reports are checked) in step."""
+    out = tmp_path / "out"
+    out.mkdir()
+    data = json.loads((STUDIES / "dhm_confirm" / "study.json").read_text())
+    (out / "study.json").write_text(json.dumps(data, indent=1))
+    path = write_study(tmp_path, tiny_reid, tiny_cifar10)
+    text = path.read_text().replace(
+        "description: A tiny study of two settings.",
+        "description: Now said better.\nconclusion: |\n  ## What it means\n\n  Level.\n",
+    )
+    path.write_text(text)
+    copy = tmp_path / "STUDY.md"
+    args = [str(path), "--out", str(out), "--report-only", "--markdown", str(copy)]
+    assert study_cli.main(args) == 0
+    md = copy.read_text()
+    assert md.index("Now said better.") < md.index("## Decision") < md.index("## What it means")
+    assert md.rstrip().endswith("Level.")
+    stored = json.loads((out / "study.json").read_text())
+    assert stored["spec"]["conclusion"] == "## What it means\n\nLevel.\n"
+    assert (
+        stored["trials"] == data["trials"]
+        and stored["spec"]["settings"] == data["spec"]["settings"]
+    )
+    assert study_markdown(stored, summarize(stored)) == md  # the committed-report check holds
+
+
 # ------------------------------------------------------------------------- packing
 def test_runs_per_gpu_packing_for_a_given_gpu_count():
     plan = plan_slots(cpus=16, gpus=2, cpus_per_run=2, runs_per_gpu=3)

@@ -53,7 +53,8 @@ def build_parser(prog: str | None = None):
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="train nothing: write study.md / study.html from OUT/study.json",
+        help="train nothing: write study.md / study.html from OUT/study.json (the study "
+        "file's description and conclusion as they are now)",
     )
     p.add_argument("--markdown", help="also write the tables (study.md) to this file")
     return p
@@ -82,6 +83,7 @@ def _study(args) -> int:
     from ..runs.errors import RunStopped
     from ..runs.signals import StopRequested, raise_on_stop_signals
     from ..study import plan_slots, read_study, run_study, write_reports
+    from ..study.run import refresh_prose
     from ..utils.io import atomic_write_text
 
     study = load_study(args.study, args.settings, args.variants, args.seeds)
@@ -90,6 +92,7 @@ def _study(args) -> int:
         data = read_study(out / "study.json")
         if data is None:
             raise UsageError(f"{out / 'study.json'} does not exist: run the study first")
+        data = refresh_prose(out / "study.json", study, data)
     else:
         try:
             plan = plan_slots(os.cpu_count() or 1, _gpus(args.gpus), args.cpus_per_run,

@@ -5,6 +5,8 @@ A study file (``configs/studies/*.yaml``)::
     name: dhm-screen
     description: |            # markdown, printed above the tables
       Why this study exists ...
+    conclusion: |             # optional markdown, printed after the rule's decision
+      ## What the numbers say ...
     seeds: [1, 2, 3]
     reference: [dsl, dhm]     # every variant is compared with each of these
     settings:
@@ -72,6 +74,7 @@ class RuleSpec(_Closed):
 class StudySpec(_Closed):
     name: str
     description: str = ""
+    conclusion: str = ""
     seeds: list[int] = Field(min_length=1)
     reference: list[str] = Field(min_length=1)
     settings: dict[str, SettingSpec] = Field(min_length=1)

@@ -112,6 +112,23 @@ def write_study(path: Path, study: Study, rows: Mapping[str, Mapping]) -> dict:
     return data
 
 
+# The study file's prose: its words, not its design, so a report may take them anew.
+PROSE_KEYS = ("description", "conclusion")
+
+
+def refresh_prose(path: Path, study: Study, data: Mapping) -> dict:
+    """``data`` (a ``study.json``) with the study file's description and conclusion as
+    they are now, rewritten to ``path`` when they changed (``--report-only``: a
+    conclusion is written after the trials ran)."""
+    spec = spec_summary(study)
+    prose = {k: spec[k] for k in PROSE_KEYS}
+    if all(data["spec"].get(k, "") == v for k, v in prose.items()):
+        return dict(data)
+    data = {**data, "spec": {**data["spec"], **prose}}
+    atomic_write_text(path, json.dumps(data, indent=1))
+    return data
+
+
 def eta_seconds(finished: Sequence[Mapping], remaining: Sequence[Trial], concurrency: int):
     """Seconds until the remaining trials end, or None before any trial has trained.
 
@@ -257,6 +274,7 @@ __all__ = [
     "STUDY_FILE",
     "eta_seconds",
     "read_study",
+    "refresh_prose",
     "run_study",
     "trial_dir",
     "write_reports",

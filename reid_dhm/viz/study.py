@@ -36,7 +36,7 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def study_markdown(data: Mapping, summary: Mapping) -> str:
     """The whole ``study.md``: description, per-setting results and differences, the
-    rule's decision, failed trials."""
+    rule's decision, failed trials, the conclusion."""
     command = f"reid-dhm study {data['study_file']}"
     spec, counts = data["spec"], summary["counts"]
     lines = [f"# Study: {data['name']}", ""]
@@ -56,6 +56,8 @@ def study_markdown(data: Mapping, summary: Mapping) -> str:
         lines += _setting_markdown(setting, s, spec)
     if summary.get("decision"):
         lines += _decision_markdown(summary["decision"])
+    if spec.get("conclusion"):
+        lines += ["", spec["conclusion"].strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
