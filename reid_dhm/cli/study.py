@@ -82,8 +82,7 @@ def _study(args) -> int:
     from ..config.study import load_study
     from ..runs.errors import RunStopped
     from ..runs.signals import StopRequested, raise_on_stop_signals
-    from ..study import plan_slots, read_study, run_study, write_reports
-    from ..study.run import refresh_prose
+    from ..study import plan_slots, read_study, refresh_prose, run_study, write_reports
     from ..utils.io import atomic_write_text
 
     study = load_study(args.study, args.settings, args.variants, args.seeds)

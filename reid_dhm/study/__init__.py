@@ -8,7 +8,7 @@ runs what is unfinished on a local process pool or on Ray (:mod:`.executors`), k
 """
 
 from .executors import EXECUTORS, Plan, plan_slots
-from .run import STUDY_FILE, read_study, run_study, write_reports
+from .run import STUDY_FILE, read_study, refresh_prose, run_study, write_reports
 from .stats import decide, describe, paired, verdict
 from .summary import summarize
 
@@ -21,6 +21,7 @@ __all__ = [
     "paired",
     "plan_slots",
     "read_study",
+    "refresh_prose",
     "run_study",
     "summarize",
     "verdict",

@@ -103,37 +103,34 @@ def _train(cfg: dict, job: Mapping, out: Path) -> dict:
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
-    checkpoint, start_epoch = resumable_checkpoint(out, job["config"]), 0
-    if checkpoint is not None:
-        start_epoch = int(checkpoint[1])
-        checkpoint = checkpoint[0]
-        print(f"=> resuming the interrupted trial from {checkpoint}", flush=True)
+    ckpt = resumable_checkpoint(out, job["config"])
+    if ckpt is not None:
+        print(f"=> resuming the interrupted trial from {ckpt['path']}", flush=True)
     # A stop signal (the study being stopped, or Ctrl-C reaching the whole process group)
     # ends the trial after its iteration; the study decides when to kill it.
     with StopSignals(escalate=False) as stops:
-        result = train(cfg, checkpoint=checkpoint, should_stop=stops)
+        result = train(cfg, checkpoint=ckpt, should_stop=stops)  # read once, passed on
     row = row_fields(result.results, result.history, job["task"], cfg["data"]["dataset"])
     # The epochs this process trained (the study's ETA measures seconds per epoch).
-    return {**row, "start_epoch": start_epoch}
+    return {**row, "start_epoch": int(ckpt.get("epoch", 0)) if ckpt is not None else 0}
 
 
-def resumable_checkpoint(out: Path, config: Mapping) -> tuple[Path, int] | None:
-    """``out/checkpoint.pth`` and the epochs it has trained, when it holds an unfinished
-    run of the same config."""
-    import torch
-
+def resumable_checkpoint(out: Path, config: Mapping) -> dict | None:
+    """The loaded ``out/checkpoint.pth`` (``load_checkpoint``: ``path`` and ``epoch`` in
+    it) when it holds an unfinished run of the same config."""
     from ..config.study import Trial
+    from ..utils.checkpoint import load_checkpoint
 
     path = out / "checkpoint.pth"
     if not path.is_file():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(path)
     except Exception:  # noqa: BLE001 - a damaged checkpoint: start the trial again
         return None
     if not Trial("", "", 0, dict(config)).same_run(ckpt.get("config")):
         return None
-    return path, int(ckpt.get("epoch", 0))
+    return ckpt
 
 
 def row_fields(results: Mapping, history, task: str, dataset: str) -> dict:
