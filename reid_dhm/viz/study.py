@@ -57,7 +57,7 @@ def study_markdown(data: Mapping, summary: Mapping) -> str:
     if summary.get("decision"):
         lines += _decision_markdown(summary["decision"])
     if spec.get("conclusion"):
-        lines += ["", spec["conclusion"].strip(), ""]
+        lines += [spec["conclusion"].strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
